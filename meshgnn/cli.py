@@ -1,0 +1,67 @@
+"""The ``meshgnn`` command: generate | import | partition | train | rollout | render | info | demo.
+
+Each sub-command lives in ``meshgnn/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``;
+heavy imports stay inside ``run`` so ``--help`` is instant. Errors a user can fix (:class:`MeshgnnError`) print
+as one line and exit 2; anything else exits 1. ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import MeshgnnError
+
+COMMANDS = {
+    "generate": ("generate", "generate a 3D packed-column CFD dataset (gmsh tet mesh + FEM transport solver)"),
+    "import": ("import_", "import solver output (VTU/PVD/XDMF series, OpenFOAM cases, CSV tables) into a dataset"),
+    "info": ("info", "describe a dataset, part store or checkpoint"),
+    "partition": ("partition", "partition a dataset's mesh graph into parts with halos (METIS or RCB)"),
+    "train": ("train", "train a MeshGraphNet (whole graph or patches; under mpirun across ranks)"),
+    "rollout": ("rollout", "roll a trained model out and write ParaView files and error metrics"),
+    "render": ("render", "render PNG pictures / animations of a field from rollout output"),
+    "demo": ("demo", "the end-to-end demo: generate, train, roll out, render"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshgnn", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"meshgnn {__import__('meshgnn').__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+        module = importlib.import_module(f"meshgnn.commands.{mod}")
+        module.add_arguments(sp)
+        sp.set_defaults(_module=module)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args._module.run(args)
+        return int(rc or 0)
+    except MeshgnnError as e:
+        if args.debug:
+            raise
+        print(f"meshgnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"meshgnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            raise
+        print(f"meshgnn {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""meshgnn generate (not implemented yet)."""
+from __future__ import annotations
+
+from ..errors import MeshgnnError
+
+
+def add_arguments(p):
+    pass
+
+
+def run(args) -> int:
+    raise MeshgnnError("'generate' is not implemented yet")

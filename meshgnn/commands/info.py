@@ -1,0 +1,12 @@
+"""meshgnn info (not implemented yet)."""
+from __future__ import annotations
+
+from ..errors import MeshgnnError
+
+
+def add_arguments(p):
+    pass
+
+
+def run(args) -> int:
+    raise MeshgnnError("'info' is not implemented yet")
