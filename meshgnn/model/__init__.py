@@ -1,0 +1,4 @@
+"""The MeshGraphNet model."""
+from .mgn import GraphNetBlock, MeshGraphNet, mlp
+
+__all__ = ["MeshGraphNet", "GraphNetBlock", "mlp"]
