@@ -1,12 +1,14 @@
-"""meshgnn info (not implemented yet)."""
+"""meshgnn info: print a readable summary of a dataset (mesh, node types, fields, trajectories, provenance)."""
 from __future__ import annotations
-
-from ..errors import MeshgnnError
 
 
 def add_arguments(p):
-    pass
+    p.add_argument("path", metavar="FILE.h5", help="a meshgnn dataset (.h5)")
 
 
 def run(args) -> int:
-    raise MeshgnnError("'info' is not implemented yet")
+    from ..io.dataset import Dataset, describe
+
+    with Dataset(args.path) as ds:
+        print(describe(ds))
+    return 0
