@@ -68,9 +68,6 @@ def _as_vtk_array(name: str, values, n: int | None = None) -> np.ndarray:
     return a
 
 
-def _components(a: np.ndarray) -> int:
-    return 1 if a.ndim == 1 else a.shape[1]
-
 
 class VtuMesh:
     """An unstructured mesh laid out as the VTK arrays it is written as (built once, reused every step).
@@ -112,7 +109,8 @@ def _data_array_xml(tag: str, name: str | None, a: np.ndarray, offset: int, unit
     attrs = f'type="{_VTK_DTYPES[a.dtype.newbyteorder("<")]}"'
     if name is not None:
         attrs += f" Name={quoteattr(name)}"
-    attrs += f' NumberOfComponents="{_components(a)}"'
+    if a.ndim == 2:                     # (n,) arrays omit it: VTK reads 1, meshio then returns (n,) not (n, 1)
+        attrs += f' NumberOfComponents="{a.shape[1]}"'
     if appended:
         attrs += f' format="appended" offset="{offset}"'
     if not units:
