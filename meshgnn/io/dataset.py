@@ -130,8 +130,9 @@ class Dataset:
 
     def _attr(self, where: str, name: str, parse_json: bool = False):
         obj = self._f[where]
+        label = f"/@{name}" if where == "/" else f"{where}@{name}"
         if name not in obj.attrs:
-            raise self._err(f"{where.rstrip('/')}@{name}" if where != "/" else f"/@{name}", "missing attribute")
+            raise self._err(label, "missing attribute")
         value = obj.attrs[name]
         if isinstance(value, bytes):
             value = value.decode()
@@ -139,7 +140,7 @@ class Dataset:
             try:
                 return json.loads(value)
             except (TypeError, ValueError):
-                raise self._err(f"{where.rstrip('/')}@{name}", "expected a JSON string") from None
+                raise self._err(label, "expected a JSON string") from None
         return value
 
     def _validate(self) -> None:
