@@ -68,7 +68,6 @@ def _as_vtk_array(name: str, values, n: int | None = None) -> np.ndarray:
     return a
 
 
-
 class VtuMesh:
     """An unstructured mesh laid out as the VTK arrays it is written as (built once, reused every step).
 
