@@ -6,7 +6,7 @@ aggregation be a deterministic segment sum (no atomics) and makes patches cut fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -86,6 +86,7 @@ class Graph:
     receivers: torch.Tensor
     rowptr: torch.Tensor
     num_nodes: int
+    _sender_csr: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_edge_index(cls, edge_index, num_nodes: int, device=None) -> "Graph":
@@ -95,6 +96,24 @@ class Graph:
         s = torch.from_numpy(np.ascontiguousarray(ei[0])).to(device)
         r = torch.from_numpy(np.ascontiguousarray(ei[1])).to(device)
         return cls(s, r, rowptr_from_receivers(r, num_nodes), int(num_nodes))
+
+    @property
+    def sender_perm(self) -> torch.Tensor:
+        """``(E,)`` int64: edge ids sorted by (sender, receiver); outgoing edges of ``u`` are
+        ``sender_perm[sender_rowptr[u]:sender_rowptr[u+1]]``. Computed once per graph (deterministic backward
+        of the sender gather in :func:`meshgnn.ops.gather_add`)."""
+        return self._sender_index()[0]
+
+    @property
+    def sender_rowptr(self) -> torch.Tensor:
+        """``(N+1,)`` int64 CSR row pointer of the edges grouped by sender (see :attr:`sender_perm`)."""
+        return self._sender_index()[1]
+
+    def _sender_index(self) -> tuple:
+        if self._sender_csr is None:
+            perm = torch.sort(self.senders, stable=True).indices  # ties keep receiver order
+            self._sender_csr = (perm, rowptr_from_receivers(self.senders, self.num_nodes))
+        return self._sender_csr
 
     @property
     def num_edges(self) -> int:
