@@ -1,12 +1,38 @@
-"""meshgnn rollout (not implemented yet)."""
+"""meshgnn rollout CHECKPOINT DATASET.h5 [options]: roll out a trained model, write .pvd/.vtu, RMSE and PNGs."""
 from __future__ import annotations
 
-from ..errors import MeshgnnError
+from ..config import add_dataclass_arguments, resolve
+from ..rollout import RolloutConfig
 
 
 def add_arguments(p):
-    pass
+    p.add_argument("checkpoint", help="checkpoint.pt from `meshgnn train`")
+    p.add_argument("dataset", help="dataset with the trajectory's initial (and reference) frames")
+    add_dataclass_arguments(p, RolloutConfig)
+    p.add_argument("--backend", default="auto", help="torch.distributed backend under mpirun: auto|gloo|nccl")
 
 
 def run(args) -> int:
-    raise MeshgnnError("'rollout' is not implemented yet")
+    from ..rollout import rollout
+    from ._common import make_comm
+
+    cfg = resolve(RolloutConfig, args, checkpoint=args.checkpoint, dataset=args.dataset)
+    comm = make_comm(args.backend)
+    res = rollout(cfg, comm)
+    if comm.is_root:
+        print_summary(res)
+    if hasattr(comm, "finalize"):
+        comm.finalize()
+    return 0
+
+
+def print_summary(res: dict) -> None:
+    print(f"rollout: trajectory {res['trajectory']}, {res['steps']} steps, "
+          f"{res['seconds_per_step']:.3f} s/step (model)")
+    if "rmse" in res:
+        print("RMSE (surrogate | persistence baseline):")
+        for key in res["rmse"]:
+            print(f"  {key}: {res['rmse'][key]} | {res['rmse_persistence'][key]}")
+    for k in ("pvd", "png"):
+        if k in res:
+            print(f"  {k}: {res[k]}")

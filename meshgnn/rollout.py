@@ -1,0 +1,219 @@
+"""Rollout: advance a trained simulator from a trajectory's first frame, write ParaView files and error metrics.
+
+Whole graph in one process, or partitioned under ``mpirun -n R``: each rank advances its patches; after every
+time step the halo rows are refreshed from their owners (a star-forest broadcast), and the owned values are
+gathered to rank 0, which writes one frame at a time — the full time series is never held in memory.
+Prescribed (Dirichlet) nodes take the data's values at every step. Reference fields and errors are written
+when the dataset has the trajectory's frames; RMSE per field per step goes to CSV and PNG, with the persistence
+baseline (no change) beside it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import MeshgnnError
+from .train import LocalComm, PatchData, assign_parts
+
+
+@dataclass
+class RolloutConfig:
+    checkpoint: str = field(default="", metadata={"cli": False})
+    dataset: str = field(default="", metadata={"cli": False})
+    out: str = field(default="rollout", metadata={"help": "output folder"})
+    trajectory: str = field(default="", metadata={"help": "trajectory id (default: the first held-out one)"})
+    steps: int = field(default=0, metadata={"help": "steps to roll out (0: the whole trajectory)"})
+    every: int = field(default=1, metadata={"help": "write every K-th step"})
+    formats: list[str] = field(default_factory=lambda: ["pvd"],
+                               metadata={"help": "output formats: pvd (.pvd + .vtu), pvtu (partitioned), vtkhdf"})
+    parts: str = field(default="", metadata={"help": "part store for a partitioned rollout (under mpirun)"})
+    render: bool = field(default=True, metadata={"help": "render a PNG of the first state field at the end"})
+    device: str = field(default="cpu", metadata={"help": "cpu|cuda|auto"})
+    progress: bool = field(default=True, metadata={"help": "progress bar"})
+
+
+def split_fields(y: np.ndarray, names: list[str], comps: list[int]) -> dict:
+    out, o = {}, 0
+    for n, c in zip(names, comps):
+        out[n] = y[:, o:o + c] if c > 1 else y[:, o]
+        o += c
+    return out
+
+
+class PatchedState:
+    """The state of this rank's patches and how to step, refresh and gather it."""
+
+    def __init__(self, sim, ds, traj, patches: list[PatchData], comm, halo=None):
+        self.sim, self.ds, self.traj, self.patches, self.comm, self.halo = sim, ds, traj, patches, comm, halo
+        self.static = [p.static(traj) for p in patches]
+        self.fixed = [sim.fixed_mask(p.tensors.node_type) for p in patches]
+
+    def initial(self) -> list[torch.Tensor]:
+        return [p._frame(self.traj, 0) for p in self.patches]
+
+    def reference(self, k) -> list[torch.Tensor]:
+        return [p._frame(self.traj, k) for p in self.patches]
+
+    @torch.no_grad()
+    def advance(self, ys, refs) -> list[torch.Tensor]:
+        out = [self.sim.step(y, s, p.tensors, y_next_fixed=r, fixed=f)
+               for y, s, p, r, f in zip(ys, self.static, self.patches, refs, self.fixed)]
+        if self.halo is not None:
+            out = self.halo.bcast(out)
+        return out
+
+    def gather(self, ys) -> np.ndarray | None:
+        """Owned rows of all patches, assembled in global node order on rank 0 (None elsewhere)."""
+        if len(self.patches) == 1 and self.patches[0].nodes is None:
+            return ys[0].cpu().numpy()
+        pieces = [(p.nodes[: p.tensors.n_core], y[: p.tensors.n_core].cpu().numpy()) for p, y in zip(self.patches, ys)]
+        allp = self.comm.gather_object(pieces)
+        if not self.comm.is_root:
+            return None
+        C = ys[0].shape[1]
+        full = np.empty((self.ds.num_nodes, C), dtype=np.float32)
+        for rank_pieces in allp:
+            for ids, vals in rank_pieces:
+                full[ids] = vals
+        return full
+
+
+def rollout(cfg: RolloutConfig, comm=None) -> dict:
+    from .checkpoint import check_dataset, load_simulator
+    from .io.dataset import Dataset
+    from .io.vtk import RolloutWriter
+    from .metrics import RMSETracker, plot_rmse
+
+    comm = comm or LocalComm()
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    sim, state = load_simulator(cfg.checkpoint, device=device)
+    ds = Dataset(cfg.dataset)
+    check_dataset(state, ds, cfg.checkpoint)
+    layout = sim.layout
+    traj = cfg.trajectory or _default_trajectory(state, ds)
+    if traj not in ds.trajectories:
+        raise MeshgnnError(f"{cfg.dataset}: trajectory {traj!r} not found (have {', '.join(ds.trajectories)})")
+    T = ds.num_steps(traj)
+    steps = min(cfg.steps or T - 1, T - 1)
+    if steps < 1:
+        raise MeshgnnError(f"{cfg.dataset}: /trajectories/{traj}: needs at least 2 time steps to roll out")
+
+    patches, halo = _rollout_patches(cfg, ds, sim, comm, device)
+    st = PatchedState(sim, ds, traj, patches, comm, halo)
+    out = Path(cfg.out)
+    names, comps = layout.state_fields, layout.state_components
+    times = ds.times(traj)
+    writer = tracker = baseline = None
+    fixed_global = None
+    if comm.is_root:
+        out.mkdir(parents=True, exist_ok=True)
+        fixed_global = sim.fixed_mask(torch.from_numpy(np.asarray(ds.node_type, np.int64))).numpy()
+        static_data = {"node_type": np.asarray(ds.node_type, np.int32)}
+        if cfg.parts:
+            static_data["part"] = np.asarray(st_owner(cfg.parts), np.int32)
+        units = {n: layout.units.get(n, "") for n in names}
+        units.update({f"{n}_ref": u for n, u in units.items()} | {f"{n}_err": u for n, u in units.items()})
+        writer = RolloutWriter(out, ds.points, ds.cells, formats=tuple(cfg.formats), every=cfg.every, units=units,
+                               static_point_data=static_data)
+        fcomp = dict(zip(names, comps))
+        tracker = RMSETracker(fcomp, out / "rmse.csv")
+        baseline = RMSETracker(fcomp, out / "rmse_persistence.csv")
+
+    ys = st.initial()
+    y0_full = st.gather(ys)
+    if comm.is_root:
+        writer.write_step(0, float(times[0]), _frame_data(y0_full, y0_full, names, comps))
+    bar = None
+    if comm.is_root and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, desc=f"rollout {traj}", unit="step", dynamic_ncols=True)
+    t_model = 0.0
+    for k in range(1, steps + 1):
+        refs = st.reference(k)
+        t0 = time.perf_counter()
+        ys = st.advance(ys, refs)
+        t_model += time.perf_counter() - t0
+        pred = st.gather(ys)
+        if comm.is_root:
+            ref = ds.read_state(traj, k)
+            mask = ~fixed_global
+            tracker.update(k, float(times[k]), split_fields(pred, names, comps), split_fields(ref, names, comps), mask)
+            persist = np.where(fixed_global[:, None], ref, y0_full)
+            baseline.update(k, float(times[k]), split_fields(persist, names, comps), split_fields(ref, names, comps),
+                            mask)
+            writer.write_step(k, float(times[k]), _frame_data(pred, ref, names, comps), last=(k == steps))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(s_per_step=f"{t_model / k:.3f}")
+    if bar is not None:
+        bar.close()
+    result = dict(trajectory=traj, steps=steps, seconds_per_step=t_model / steps, out=str(out))
+    if comm.is_root:
+        writer.close()
+        tracker.close()
+        baseline.close()
+        result["rmse"] = tracker.summary(steps=(1, 10, 50))
+        result["rmse_persistence"] = baseline.summary(steps=(1, 10, 50))
+        plot_rmse(out / "rmse.csv", out / "rmse.png", baseline_csv=out / "rmse_persistence.csv")
+        result["pvd"] = str(out / "rollout.pvd")
+        if cfg.render:
+            from .render import render_series
+            png = out / f"{names[0]}.png"
+            render_series(out / "rollout.pvd", names[0], png, step=-1, compare=True)
+            result["png"] = str(png)
+    return result
+
+
+def st_owner(parts_path):
+    from decomposition import PartStore
+    return PartStore(parts_path).owner
+
+
+def _frame_data(pred, ref, names, comps) -> dict:
+    p = split_fields(pred, names, comps)
+    r = split_fields(ref, names, comps)
+    data = {}
+    for n in names:
+        data[n] = p[n]
+        data[f"{n}_ref"] = r[n]
+        data[f"{n}_err"] = p[n] - r[n]
+    return data
+
+
+def _default_trajectory(state, ds) -> str:
+    val = state["trainer"]["config"].get("val_trajectories") or []
+    if val:
+        return val[0]
+    trajs = list(ds.trajectories)
+    return trajs[-1]
+
+
+def _rollout_patches(cfg, ds, sim, comm, device):
+    cache = 256 * 2**20
+    if not cfg.parts:
+        if comm.size > 1:
+            raise MeshgnnError("a rollout on several ranks needs --parts (a part store from `meshgnn partition`)")
+        return [PatchData.whole(ds, device, cache, torch.float32)], None
+    from decomposition import PartStore
+
+    from .halo import StarForest
+
+    store = PartStore(cfg.parts)
+    store.check_graph(ds.edge_index())
+    if store.halo < sim.receptive_hops:
+        raise MeshgnnError(f"{cfg.parts}: halo depth {store.halo} < layers x stages = {sim.receptive_hops}: a "
+                           f"per-step halo refresh is not exact with it (re-partition with --halo "
+                           f"{sim.receptive_hops})")
+    counts = [int(np.sum(store.owner == p)) for p in range(store.num_parts)]
+    parts_of_rank = assign_parts(counts, comm.size)
+    mine = parts_of_rank[comm.rank]
+    parts = [store.read(p) for p in mine]
+    patches = [PatchData.from_part(ds, part, device, cache, torch.float32) for part in parts]
+    part_to_rank = {p: r for r, ps in enumerate(parts_of_rank) for p in ps}
+    halo = StarForest.from_parts(parts, part_to_rank, comm.rank, owner=store.owner)
+    return patches, halo

@@ -1,0 +1,187 @@
+"""The learned simulator: a MeshGraphNet rate wrapped by a Runge–Kutta integrator, with normalizers and noise.
+
+One time step maps the state ``y_n`` (N, C) of the dataset's state fields to ``y_{n+1}``:
+``k_i = f(constrain(y_n + Σ_j a_ij k_j))``, ``y_{n+1} = y_n + Σ_i b_i k_i`` with ``f`` the de-normalised MGN output
+(per-step change units, Δt absorbed). Forward Euler reduces to the original MeshGraphNets update.
+Nodes whose type is *prescribed* (Dirichlet, e.g. inlets) keep the values the data gives them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+import integrators
+
+from .features import Normalizer, counter_normal, one_hot
+from .graph import Graph
+from .model import MeshGraphNet
+
+
+@dataclass
+class FieldLayout:
+    """Which dataset fields the model reads and predicts, and the node types it knows."""
+
+    state_fields: list[str]
+    state_components: list[int]
+    static_fields: list[str]
+    static_components: list[int]
+    node_type_names: list[str]
+    dirichlet_types: list[str] = field(default_factory=list)
+    units: dict = field(default_factory=dict)
+
+    @property
+    def state_size(self) -> int:
+        return sum(self.state_components)
+
+    @property
+    def static_size(self) -> int:
+        return sum(self.static_components)
+
+    @property
+    def num_node_types(self) -> int:
+        return len(self.node_type_names)
+
+    @property
+    def dirichlet_codes(self) -> list[int]:
+        return [self.node_type_names.index(t) for t in self.dirichlet_types if t in self.node_type_names]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dataset(cls, ds) -> "FieldLayout":
+        return cls(state_fields=list(ds.state_fields),
+                   state_components=[ds.fields[f].components for f in ds.state_fields],
+                   static_fields=list(ds.static_fields),
+                   static_components=[ds.fields[f].components for f in ds.static_fields],
+                   node_type_names=list(ds.node_type_names), dirichlet_types=list(ds.dirichlet_types),
+                   units={f: ds.fields[f].units for f in ds.fields})
+
+
+@dataclass
+class PatchTensors:
+    """The time-independent tensors of one patch (or of the whole graph, a patch with no halo).
+
+    ``n`` local nodes (core first), ``E`` local receiver-sorted edges.
+    """
+
+    graph: Graph
+    edge_features: torch.Tensor   # (E, 4) raw relative positions + norm
+    node_type: torch.Tensor       # (n,) int64
+    global_ids: torch.Tensor      # (n,) int64
+    n_core: int
+
+    @property
+    def num_nodes(self) -> int:
+        return self.graph.num_nodes
+
+    def core_mask(self) -> torch.Tensor:
+        m = torch.zeros(self.num_nodes, dtype=torch.bool, device=self.node_type.device)
+        m[: self.n_core] = True
+        return m
+
+    def to(self, device) -> "PatchTensors":
+        return PatchTensors(self.graph.to(device), self.edge_features.to(device), self.node_type.to(device),
+                            self.global_ids.to(device), self.n_core)
+
+
+class Simulator(nn.Module):
+    """MeshGraphNet + normalizers + integrator. ``config()`` rebuilds it (stored in checkpoints)."""
+
+    EDGE_FEATURES = 4
+
+    def __init__(self, layout: FieldLayout, latent: int = 128, layers: int = 15, hidden_layers: int = 2,
+                 integrator: str = "euler", concat_trick: bool = True, checkpoint_layers: bool = False,
+                 checkpoint_stages: bool = False, freeze_after: int = 10_000):
+        super().__init__()
+        self.layout = layout
+        self.method = integrators.get_method(integrator)
+        self.integrator = integrator
+        self.checkpoint_stages = checkpoint_stages
+        self._config = dict(latent=latent, layers=layers, hidden_layers=hidden_layers, integrator=integrator,
+                            concat_trick=concat_trick, freeze_after=freeze_after)
+        node_in = layout.state_size + layout.static_size + layout.num_node_types
+        self.model = MeshGraphNet(node_in, self.EDGE_FEATURES, layout.state_size, latent=latent, layers=layers,
+                                  hidden_layers=hidden_layers, concat_trick=concat_trick,
+                                  checkpoint_layers=checkpoint_layers)
+        self.node_normalizer = Normalizer(layout.state_size + layout.static_size, freeze_after)
+        self.edge_normalizer = Normalizer(self.EDGE_FEATURES, freeze_after)
+        self.target_normalizer = Normalizer(layout.state_size, freeze_after)
+
+    # ------------------------------------------------------------------------------------------------ bookkeeping
+    def config(self) -> dict:
+        return dict(self._config, layout=self.layout.to_dict())
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides) -> "Simulator":
+        cfg = dict(config)
+        layout = FieldLayout(**cfg.pop("layout"))
+        cfg.update(overrides)
+        return cls(layout, **cfg)
+
+    @property
+    def stages(self) -> int:
+        return self.method.stages
+
+    @property
+    def receptive_hops(self) -> int:
+        """Hops one time step reaches: L layers per model call × s stages (the exact halo depth)."""
+        return self.model.num_layers * self.method.stages
+
+    def normalizers(self) -> list[Normalizer]:
+        return [self.node_normalizer, self.edge_normalizer, self.target_normalizer]
+
+    def fixed_mask(self, node_type: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: nodes whose state the data prescribes."""
+        codes = self.layout.dirichlet_codes
+        mask = torch.zeros_like(node_type, dtype=torch.bool)
+        for c in codes:
+            mask |= node_type == c
+        return mask
+
+    # ------------------------------------------------------------------------------------------------ the physics
+    def rate(self, y: torch.Tensor, static: torch.Tensor, patch: PatchTensors, edge_latent: torch.Tensor,
+             halo_exchange: Optional[Callable] = None) -> torch.Tensor:
+        """``f(y)``: the per-step rate ``(n, C)`` in physical units."""
+        x = torch.cat([self.node_normalizer(torch.cat([y, static], dim=1)),
+                       one_hot(patch.node_type, self.layout.num_node_types).to(y.dtype)], dim=1)
+        out = self.model(x, patch.graph, edge_latent=edge_latent, halo_exchange=halo_exchange)
+        return self.target_normalizer.inverse(out)
+
+    def encode_edges(self, patch: PatchTensors, dtype) -> torch.Tensor:
+        return self.model.encode_edges(self.edge_normalizer(patch.edge_features.to(dtype)))
+
+    def step(self, y: torch.Tensor, static: torch.Tensor, patch: PatchTensors, y_next_fixed: Optional[torch.Tensor] = None,
+             halo_exchange: Optional[Callable] = None, fixed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One time step ``y_n -> y_{n+1}`` (out of place).
+
+        Prescribed nodes keep ``y``'s values on every stage input; in the result they take ``y_next_fixed``'s
+        values when given (the data's next boundary values), else ``y``'s.
+        """
+        if fixed is None:
+            fixed = self.fixed_mask(patch.node_type)
+        fixed = fixed[:, None]
+        edge_latent = self.encode_edges(patch, y.dtype)
+
+        def constrain(z):
+            return torch.where(fixed, y, z)
+
+        def rate(z):
+            return self.rate(z, static, patch, edge_latent, halo_exchange)
+
+        y_next = integrators.rk_step(rate, y, self.method, dt=1.0, constrain=constrain,
+                                     checkpoint_stages=self.checkpoint_stages and torch.is_grad_enabled())
+        if y_next_fixed is not None:
+            y_next = torch.where(fixed, y_next_fixed, y_next)
+        return y_next
+
+
+def training_noise(seed: int, step: int, global_ids: torch.Tensor, std: torch.Tensor, fixed: torch.Tensor,
+                   dtype=torch.float32) -> torch.Tensor:
+    """Gaussian noise ``(n, C)`` of per-component std ``std (C,)`` on non-prescribed nodes, keyed by global id."""
+    z = counter_normal(seed, step, global_ids.cpu(), std.numel()).to(global_ids.device)
+    z = z * std.to(z)
+    return (z * (~fixed)[:, None]).to(dtype)
