@@ -262,3 +262,29 @@ def test_vtkhdf_keeps_complete_steps_after_an_error(tmp_path, mesh):
     assert nsteps == 3
     np.testing.assert_array_equal(frames[2]["co2"], frame(pts, 2)["co2"])
     assert not (tmp_path / "rollout.pvd").exists()                # pvd not asked for
+
+
+def test_serial_writer_can_cut_frames_into_pvtu_pieces(tmp_path, mesh):
+    import pyvista as pv
+
+    pts, tets = mesh
+    N = len(pts)
+    part = np.digitize(pts[:, 0], [0.5]).astype(np.int32)
+    cell_tag = np.arange(len(tets), dtype=np.int32)
+    with RolloutWriter(tmp_path, pts, {"tetra": tets}, formats=("pvd", "pvtu"), static_point_data={"part": part},
+                       static_cell_data={"tag": cell_tag}, every=2) as w:
+        for k in range(4):
+            w.write_step(k, times(k), frame(pts, k))
+    assert pvd_steps(tmp_path / "rollout.pvd") == [0, 2, 3]
+    entries = read_pvd(tmp_path / "rollout_pieces.pvd")
+    assert [f.name for _, f in entries] == ["rollout_00000.pvtu", "rollout_00002.pvtu", "rollout_00003.pvtu"]
+    g = pv.read(entries[-1][1])
+    gid = np.asarray(g.point_data["global_id"])
+    merged = np.zeros(N, np.float32)
+    merged[gid] = g.point_data["co2"]
+    np.testing.assert_array_equal(merged, frame(pts, 3)["co2"])
+    assert sorted(g.cell_data["tag"]) == list(range(len(tets)))          # each cell once, its own data
+    np.testing.assert_array_equal(np.sort(gid[g.cells_dict[10]], axis=1), np.sort(tets[g.cell_data["tag"]], axis=1))
+    np.testing.assert_array_equal(g.cell_data["part"], part[tets[g.cell_data["tag"], 0]])
+    with pytest.raises(MeshgnnError, match="part"):
+        RolloutWriter(tmp_path / "x", pts, {"tetra": tets}, formats=("pvtu",))

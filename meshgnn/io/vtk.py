@@ -9,7 +9,9 @@ Formats
             ``.pvd`` is rewritten atomically after every step, so an interrupted rollout leaves a valid series
             listing only complete steps.
 ``pvtu``    :class:`PartitionedRolloutWriter`: every rank writes ``<name>_<step:05d>_p<rank:04d>.vtu``; rank 0
-            writes ``<name>_<step:05d>.pvtu`` and the ``.pvd`` listing the ``.pvtu`` files.
+            writes ``<name>_<step:05d>.pvtu`` and the ``.pvd`` listing the ``.pvtu`` files. Pieces carry the
+            cell field ``part`` and the point field ``global_id``. :class:`RolloutWriter` with ``"pvtu"`` cuts
+            whole frames into such pieces by a node ``part`` array from one process.
 ``vtkhdf``  ``<out>/<name>.vtkhdf``: one HDF5 file in the VTKHDF 2.0 transient UnstructuredGrid layout; the mesh
             is stored once (all ``Steps/*Offsets`` of the geometry are 0) and every point field is appended per
             step (``Steps/PointDataOffsets/<field>`` = step index x N). Written to a temporary name and renamed
@@ -46,7 +48,7 @@ _VTK_DTYPES = {np.dtype(np.float32): "Float32", np.dtype(np.float64): "Float64",
                np.dtype(np.uint8): "UInt8", np.dtype(np.int16): "Int16", np.dtype(np.uint16): "UInt16",
                np.dtype(np.int32): "Int32", np.dtype(np.uint32): "UInt32", np.dtype(np.int64): "Int64",
                np.dtype(np.uint64): "UInt64"}
-FORMATS = ("pvd", "vtkhdf")
+FORMATS = ("pvd", "pvtu", "vtkhdf")
 STEP_DIGITS = 5
 
 
@@ -402,13 +404,17 @@ class RolloutWriter(_SeriesWriter):
     keep_last=True)``; ``write_step(step, time, point_data, last=False)`` writes step 0, every multiple of
     ``every``, ``final_step`` and any step flagged ``last``; other steps are skipped, the latest skipped one is
     kept (``keep_last``) and written by :meth:`close` so the series always ends at the last step.
-    Files: ``<out>/<name>.pvd`` + ``<name>_<step:05d>.vtu``; ``<out>/<name>.vtkhdf``. Use as a context manager
-    or call :meth:`close`.
+    Files: ``pvd``: ``<out>/<name>.pvd`` + ``<name>_<step:05d>.vtu``; ``vtkhdf``: ``<out>/<name>.vtkhdf``;
+    ``pvtu``: the frame cut into pieces by the integer point field ``part`` (``parts=`` or
+    ``static_point_data["part"]``; cells go to the part of their first node, see :func:`cell_piece`), written
+    from this one process as ``<name>_<step:05d>_p<part:04d>.vtu`` + ``<name>_<step:05d>.pvtu``, listed in
+    ``<name>.pvd`` (``<name>_pieces.pvd`` when ``pvd`` is written too). Use as a context manager or call
+    :meth:`close`.
     """
 
     def __init__(self, out_dir, points, cells: dict, formats=("pvd",), every: int = 1, units: dict | None = None,
                  static_point_data: dict | None = None, static_cell_data: dict | None = None,
-                 name: str = "rollout", final_step: int | None = None, keep_last: bool = True):
+                 name: str = "rollout", final_step: int | None = None, keep_last: bool = True, parts=None):
         formats = (formats,) if isinstance(formats, str) else tuple(formats)
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
@@ -416,7 +422,7 @@ class RolloutWriter(_SeriesWriter):
                                "pieces: PartitionedRolloutWriter)")
         self.out_dir, self.name, self.formats = Path(out_dir), name, formats
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.mesh = VtuMesh(points, cells)
+        self.mesh, self._cells = VtuMesh(points, cells), cells
         self.units = dict(units or {})
         self.static_point_data = {k: _as_vtk_array(k, v, self.mesh.num_points)
                                   for k, v in (static_point_data or {}).items()}
@@ -429,8 +435,32 @@ class RolloutWriter(_SeriesWriter):
         self.vtkhdf_path = self.out_dir / f"{name}.vtkhdf"
         self.hdf = (VTKHDFSeries(self.vtkhdf_path, self.mesh, self.static_point_data, self.units)
                     if "vtkhdf" in formats else None)
+        self.pieces = self._piece_writers(parts) if "pvtu" in formats else []
         self.closed = False
         self.seconds_writing = 0.0
+
+    def _piece_writers(self, parts) -> list[tuple[np.ndarray, "PartitionedRolloutWriter"]]:
+        parts = parts if parts is not None else self.static_point_data.get("part")
+        if parts is None:
+            raise MeshgnnError("formats: 'pvtu' needs the part of every node (parts= or static_point_data['part'])")
+        parts = np.asarray(parts).astype(np.int64)
+        if parts.shape != (self.mesh.num_points,) or parts.min() < 0:
+            raise MeshgnnError(f"parts: expected ({self.mesh.num_points},) non-negative part ids")
+        size = int(parts.max()) + 1
+        pvd = f"{self.name}_pieces.pvd" if "pvd" in self.formats else f"{self.name}.pvd"
+        cells = {t: np.asarray(c) for t, c in self._cells.items()}
+        first = dict(zip(cells, np.cumsum([0] + [len(c) for c in cells.values()])))   # global row of each block
+        out = []
+        for rank in reversed(range(size)):          # part 0 last: it lists every piece in the .pvtu
+            ids, local, chosen = cell_piece(cells, parts, rank)
+            static = {k: v[ids] for k, v in self.static_point_data.items()}
+            cdata = {k: np.concatenate([v[first[t] + c] for t, c in chosen.items()])
+                     for k, v in self.static_cell_data.items()} if chosen else {}
+            out.append((ids, PartitionedRolloutWriter(
+                self.out_dir, rank, size, self.mesh.points[ids], local, global_ids=ids, units=self.units,
+                static_point_data=static, static_cell_data=cdata, name=self.name, keep_last=False,
+                wait_timeout=0.0, pvd_name=pvd)))
+        return out
 
     def _write(self, step, time, point_data):
         t0 = _time.perf_counter()
@@ -443,6 +473,8 @@ class RolloutWriter(_SeriesWriter):
             write_pvd(self.pvd_path, self.entries)
         if self.hdf is not None:
             self.hdf.write_step(time, point_data)
+        for ids, piece in self.pieces:
+            piece._write(step, time, {k: np.asarray(v)[ids] for k, v in point_data.items()})
         self.seconds_writing += _time.perf_counter() - t0
 
     def _finish(self):
@@ -479,7 +511,7 @@ class PartitionedRolloutWriter(_SeriesWriter):
 
     def __init__(self, out_dir, rank: int, size: int, points, cells: dict, global_ids=None, units=None,
                  static_point_data=None, static_cell_data=None, name="rollout", every=1, final_step=None,
-                 keep_last=True, barrier=None, wait_timeout: float = 600.0):
+                 keep_last=True, barrier=None, wait_timeout: float = 600.0, pvd_name: str | None = None):
         if not 0 <= rank < size:
             raise MeshgnnError(f"rank {rank} outside [0, {size})")
         self.out_dir, self.rank, self.size, self.name = Path(out_dir), rank, size, name
@@ -497,7 +529,7 @@ class PartitionedRolloutWriter(_SeriesWriter):
         self.stride = _Stride(every, final_step, keep_last)
         self.barrier, self.wait_timeout = barrier, wait_timeout
         self.entries: list[tuple[float, str]] = []
-        self.pvd_path = self.out_dir / f"{name}.pvd"
+        self.pvd_path = self.out_dir / (pvd_name or f"{name}.pvd")
         self.closed = False
 
     def piece_name(self, step: int, rank: int) -> str:
