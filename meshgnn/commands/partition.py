@@ -1,12 +1,114 @@
-"""meshgnn partition (not implemented yet)."""
+"""meshgnn partition: cut a dataset's mesh graph into parts with halos and write ``<dataset>.parts.h5``.
+
+The halo depth defaults to the receptive field of one time step, ``layers x stages`` of the integrator, so each
+part's core outputs are exact without communication (DESIGN.md §2).
+"""
 from __future__ import annotations
 
-from ..errors import MeshgnnError
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError, MeshgnnError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _halo(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a hop count >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a hop count >= 0, got {value}")
+    return value
 
 
 def add_arguments(p):
-    pass
+    p.add_argument("dataset", metavar="DATASET.h5", help="a meshgnn dataset (its mesh graph is partitioned)")
+    p.add_argument("--parts", "-P", type=_positive_int, required=True, help="number of parts P (1 <= P <= nodes)")
+    p.add_argument("--method", choices=("metis", "rcb"), default="metis",
+                   help="metis: minimal edge cut (pymetis); rcb: recursive coordinate bisection of the points "
+                        "(default: metis)")
+    p.add_argument("--halo", type=_halo, default="auto",
+                   help="halo depth in hops, or 'auto' = layers x integrator stages (default: auto)")
+    p.add_argument("--layers", type=_positive_int, default=15,
+                   help="message-passing layers of the model, for --halo auto (default: 15)")
+    p.add_argument("--integrator", default="euler",
+                   help="Runge-Kutta method the model is stepped with, for --halo auto: euler, heun, midpoint, "
+                        "heun3, ssprk3, rk4 or a JSON tableau (default: euler)")
+    p.add_argument("--out", "-o", default=None,
+                   help="output part store (default: <dataset stem>.parts.h5 beside the dataset)")
+    p.add_argument("--seed", type=int, default=0, help="METIS random seed (default: 0)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def default_store_path(dataset) -> Path:
+    """``<dir>/<stem>.parts.h5`` for ``<dir>/<stem>.h5``."""
+    d = Path(dataset)
+    return d.with_name(d.stem + ".parts.h5")
+
+
+def exact_halo(layers: int, integrator: str) -> tuple[int, int]:
+    """``(halo, stages)``: the hops one step of ``layers`` layers under ``integrator`` reaches."""
+    from integrators import get_method
+
+    try:
+        stages = get_method(integrator).stages
+    except (ValueError, OSError) as e:
+        raise InputError("--integrator", None, str(e)) from None
+    return layers * stages, stages
 
 
 def run(args) -> int:
-    raise MeshgnnError("'partition' is not implemented yet")
+    from tqdm import tqdm
+
+    from decomposition import format_stats, iter_parts, partition, partition_stats, write_part_store
+
+    from ..io.dataset import Dataset
+
+    needed, stages = exact_halo(args.layers, args.integrator)
+    halo = needed if args.halo == "auto" else args.halo
+    if halo < needed:
+        print(f"meshgnn partition: warning: halo {halo} < layers x stages = {args.layers} x {stages} = {needed}: "
+              "core outputs will need halo refreshes between stages/layers to be exact", file=sys.stderr)
+    out = Path(args.out) if args.out else default_store_path(args.dataset)
+    if out.resolve() == Path(args.dataset).resolve():
+        raise InputError(out, None, "refusing to overwrite the dataset with the part store; choose another --out")
+
+    t0 = time.perf_counter()
+    with Dataset(args.dataset) as ds:
+        num_nodes = int(ds.num_nodes)
+        edge_index = ds.edge_index()
+        points = ds.points if args.method == "rcb" else None
+    try:
+        owner = partition(edge_index, num_nodes, args.parts, method=args.method, points=points, seed=args.seed)
+    except ValueError as e:
+        raise InputError(args.dataset, "--parts" if "nparts" in str(e) else None, str(e)) from None
+    t_part = time.perf_counter() - t0
+
+    meta = dict(dataset=str(Path(args.dataset).resolve()), layers=args.layers, integrator=args.integrator,
+                stages=stages, seed=args.seed, exact=bool(halo >= needed))
+    parts = tqdm(iter_parts(edge_index, num_nodes, owner, halo), total=args.parts, desc="halos", unit="part",
+                 disable=args.quiet, file=sys.stderr)
+    try:
+        summaries = write_part_store(out, parts, owner, meta, edge_index=edge_index, method=args.method, halo=halo)
+    except OSError as e:
+        raise MeshgnnError(f"{out}: cannot write the part store ({e})") from None
+    stats = partition_stats(summaries, edge_index, num_nodes, owner)
+    print(format_stats(stats))
+    print(f"{args.method} partition {t_part:.1f} s, total {time.perf_counter() - t0:.1f} s; "
+          f"core outputs exact for {halo} hops ({'>=' if halo >= needed else '<'} {args.layers} layers x {stages} "
+          f"stages); wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
