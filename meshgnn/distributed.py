@@ -216,7 +216,8 @@ def init_from_mpi(backend: str = "auto", timeout_s: float = 60) -> Dist:
         backend: ``"auto"`` (NCCL if CUDA is available, else gloo), ``"gloo"`` or ``"nccl"``.
         timeout_s: the process-group timeout every collective honours (seconds).
     Returns:
-        :class:`Dist`. Size 1 (no launcher, or one rank) creates no process group.
+        :class:`Dist`. Size 1 (no launcher, or one rank) creates no process group. Calling it again
+        returns a new ``Dist`` on the already initialised group.
     """
     if backend not in ("auto", "gloo", "nccl"):
         raise ValueError(f"backend: expected auto, gloo or nccl, got {backend!r}")
@@ -229,15 +230,12 @@ def init_from_mpi(backend: str = "auto", timeout_s: float = 60) -> Dist:
         local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
         local_rank, local_size = local.rank, local.size
         local.Free()
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        from .errors import MeshgnnError
-        raise MeshgnnError("SLURM_NTASKS > 1 but no MPI launcher environment: run under `srun --mpi=pmix` or mpirun")
     threads = _set_threads(local_size)
     backend, device = _pick_device(backend, local_rank)
     dist = Dist(rank=rank, size=size, local_rank=local_rank, local_size=local_size, device=device,
                 backend=backend if size > 1 else "none", threads=threads, comm=comm)
-    if size > 1:
-        import torch.distributed as td
+    import torch.distributed as td
+    if size > 1 and not td.is_initialized():  # a second call reuses the existing group
         addr, port = _rendezvous(comm)
         for k, v in (("RANK", rank), ("WORLD_SIZE", size), ("LOCAL_RANK", local_rank),
                      ("MASTER_ADDR", addr), ("MASTER_PORT", port)):

@@ -34,6 +34,16 @@ def test_dead_rank_ends_job_and_names_rank(mode):
         assert "rank 1: RuntimeError: boom on purpose" in out, out
 
 
+def test_rank_exiting_nonzero_is_named_by_mpirun():
+    """rank 1 calls os._exit(3): the launcher tears the job down and names the process (rank 1)."""
+    proc, seconds = run_mpi("dist_rank_death.py", "exit3", "60", n=2, timeout=90)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and seconds < 60, (proc.returncode, seconds, out)
+    assert "UNREACHABLE" not in out
+    # Open MPI 5 (prterun) names it "[prterun-<host>-<pid>@1,1]" (job 1, rank 1); survivors may also report
+    assert ",1]" in out or "rank 1" in out, out
+
+
 def test_stuck_rank_times_out():
     """rank 1 never reaches the collective: the process-group timeout (5 s) fires and aborts the job."""
     proc, seconds = run_mpi("dist_rank_death.py", "hang", "5", n=2, timeout=90)
