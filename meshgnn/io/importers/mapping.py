@@ -12,7 +12,7 @@ A mapping file is JSON (``.json``) or TOML (``.toml``); every key is optional, f
         "field": "patch_id",               # point-data column or cell-data region field (omit: patches)
         "values": {"1": "inlet", "2": "outlet", "3": "wall"},   # label value -> type name
         "patches": {"in*": "inlet", "cyl*": "obstacle"},         # patch / group name glob -> type name
-        "priority": ["obstacle", "wall", "inlet", "outlet"]       # who wins on shared nodes
+        "priority": ["inlet", "outlet", "obstacle", "wall"]       # on shared nodes the first wins
       }
     }
 
@@ -32,8 +32,9 @@ from ...errors import InputError
 
 DEFAULT_PATCH_RULES = (("inlet*", "inlet"), ("outlet*", "outlet"), ("wall*", "wall"), ("obstacle*", "obstacle"),
                        ("packing*", "obstacle"), ("sphere*", "obstacle"))
-# Later entries win where groups share nodes (a node on a wall and the inlet is a wall node).
-DEFAULT_PRIORITY = ("obstacle", "wall", "inlet", "outlet")
+# Earlier entries win where groups share nodes (as in the built-in generator: a rim node of the inlet and a
+# wall is an inlet node, its value prescribed). Types not listed lose to all listed ones.
+DEFAULT_PRIORITY = ("inlet", "outlet", "obstacle", "wall")
 MAPPING_KEYS = {"state", "static", "units", "dt", "dirichlet", "node_types"}
 NODE_TYPE_KEYS = {"field", "values", "patches", "priority"}
 
@@ -157,7 +158,7 @@ def assign_node_types(num_nodes: int, groups: dict[str, np.ndarray], rules: Node
     Args:
         num_nodes: N.
         groups: ``{group name: (n_g,) node ids}``.
-        rules: patch / value rules; ``rules.priority`` decides shared nodes (later wins, unknown types first).
+        rules: patch / value rules; ``rules.priority`` decides shared nodes (earlier wins; unlisted types lose).
         type_names: known type names (code = index); new names from the rules are appended.
     Returns:
         ``(node_type (N,) int8, type_names, {group: type or None})``.
@@ -169,9 +170,11 @@ def assign_node_types(num_nodes: int, groups: dict[str, np.ndarray], rules: Node
             names.append(t)
     if len(names) > 127:
         raise InputError("--node-types", None, f"too many node types ({len(names)}; at most 127)")
-    rank = {t: i for i, t in enumerate(rules.priority)}
+    strength = {t: len(rules.priority) - i for i, t in enumerate(rules.priority)}   # unlisted: 0
+    strength["interior"] = -1
     node_type = np.zeros(num_nodes, dtype=np.int8)
-    order = sorted((g for g in groups if chosen[g] is not None), key=lambda g: rank.get(chosen[g], -1))
+    # Paint the weakest groups first so that stronger types overwrite them on shared nodes.
+    order = sorted((g for g in groups if chosen[g] is not None), key=lambda g: strength.get(chosen[g], 0))
     for g in order:
         node_type[groups[g]] = names.index(chosen[g])
     return node_type, names, chosen

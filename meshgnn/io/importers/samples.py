@@ -11,29 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Six tets around the hex diagonal 0-6 (VTK hex numbering): conforming between neighbouring hexes.
-KUHN_TETS = ((0, 1, 2, 6), (0, 2, 3, 6), (0, 3, 7, 6), (0, 7, 4, 6), (0, 4, 5, 6), (0, 5, 1, 6))
-
-
 def box_tets(nx: int = 6, ny: int = 4, nz: int = 3, size=(1.0, 1.0, 0.5)):
-    """Tet mesh of a box: ``(points (N,3) float64, tets (M,4) int64)``, positive VTK orientation."""
-    from .validate import cell_measures
+    """Tet mesh of a box with ``nx * ny * nz`` hexes (Kuhn tets, positive VTK orientation):
+    ``(points (N,3) float64, tets (M,4) int64)``."""
+    from ...meshes import box_tets as structured_box
 
-    xs, ys, zs = (np.linspace(0, s, n + 1) for s, n in zip(size, (nx, ny, nz)))
-    gx, gy, gz = np.meshgrid(xs, ys, zs, indexing="ij")
-    points = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-
-    def vid(i, j, k):
-        return (i * (ny + 1) + j) * (nz + 1) + k
-
-    i, j, k = (a.ravel() for a in np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"))
-    hexes = np.stack([vid(i, j, k), vid(i + 1, j, k), vid(i + 1, j + 1, k), vid(i, j + 1, k),
-                      vid(i, j, k + 1), vid(i + 1, j, k + 1), vid(i + 1, j + 1, k + 1), vid(i, j + 1, k + 1)],
-                     axis=1)
-    tets = np.concatenate([hexes[:, list(t)] for t in KUHN_TETS]).astype(np.int64)
-    neg = cell_measures(points, tets, "tetra") < 0
-    tets[neg] = tets[neg][:, [0, 2, 1, 3]]
-    return points, tets
+    return structured_box(nx + 1, ny + 1, nz + 1, size=size)
 
 
 def sample_fields(points: np.ndarray, t: float) -> dict[str, np.ndarray]:
