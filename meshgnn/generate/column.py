@@ -19,6 +19,7 @@ FIELDS = [
     FieldSpec("loading", "state", 1, "mol/m^3"),
     FieldSpec("velocity", "static", 3, "m/s"),
 ]
+AUTO_THREADS_NODES = 200_000
 FRONT_TRAVEL = 0.9    # fraction of the column height the fastest front crosses over the recorded horizon
 
 
@@ -39,7 +40,7 @@ class GenerateConfig:
     rate: float = 5.0
     dispersion: float = 1e-5
     courant: float = 2.0
-    threads: int = 2
+    threads: int = 0     # gmsh threads; 0: 1 below AUTO_THREADS_NODES nodes (reproducible meshes), else 2
 
 
 def trajectory_velocities(cfg: GenerateConfig) -> np.ndarray:
@@ -60,7 +61,8 @@ def generate_dataset(out, cfg: GenerateConfig, progress: bool = True, extra_prov
 
     t_start = time.perf_counter()
     geom = place_packing(cfg.seed, cfg.radius, cfg.height, cfg.packing)
-    mesh = mesh_column(geom, cfg.nodes, threads=cfg.threads)
+    threads = cfg.threads or (1 if cfg.nodes < AUTO_THREADS_NODES else 2)
+    mesh = mesh_column(geom, cfg.nodes, threads=threads)
     n = mesh.points.shape[0]
     t0 = time.perf_counter()
     edges = edges_from_cells({"tetra": mesh.tets}, n)

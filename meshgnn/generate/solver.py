@@ -105,8 +105,9 @@ class P1Space:
 @dataclass
 class Flow:
     """Potential flow for unit inlet velocity: element velocities (M, 3), nodal velocities (N, 3), convection
-    matrix data ``C_ij = int N_i u . grad N_j`` (nnz,), inlet flux and outlet flux (m^3/s per m/s of inlet
-    velocity), CG iterations and seconds."""
+    matrix data ``C_ij = int N_i u . grad N_j`` (nnz,), potential (N,), inlet and outlet flux (m^3/s per m/s of
+    inlet velocity), per-node outflow (N,) (nonzero on outlet nodes only), discrete divergence (N,) off the inlet
+    and outlet (0 up to the CG tolerance), CG iterations and seconds."""
 
     element_velocity: np.ndarray
     node_velocity: np.ndarray
@@ -114,6 +115,7 @@ class Flow:
     potential: np.ndarray
     inlet_flux: float
     outlet_flux: float
+    outflow: np.ndarray
     divergence: np.ndarray
     iterations: int
     seconds: float
@@ -164,11 +166,13 @@ def solve_flow(space: P1Space, inlet_faces, inlet_nodes, outlet_nodes, rtol: flo
         for d in range(3):
             u_node[:, d] += np.bincount(t, np.repeat(vol * u_elem[lo:hi, d], 4), minlength=n)
     u_node /= vol_sum[:, None]
+    outflow = np.zeros(n)
+    outflow[outlet_nodes] = -residual[outlet_nodes]
     divergence = residual.copy()
     divergence[inlet_nodes] = 0.0
     divergence[outlet_nodes] = 0.0
-    return Flow(u_elem, u_node, conv, phi, float(load.sum()), float(-residual[outlet_nodes].sum()),
-                divergence, iters[0], time.perf_counter() - t0)
+    return Flow(u_elem, u_node, conv, phi, float(load.sum()), float(outflow.sum()),
+                outflow, divergence, iters[0], time.perf_counter() - t0)
 
 
 @dataclass
