@@ -125,6 +125,11 @@ def _column(rows, col: int, path, name: str, numeric: bool = True):
         raise InputError(path, name, f"row {bad + 2}: '{vals[bad]}' is not a number") from None
 
 
+def _is_text(values) -> bool:
+    """A label column: most entries are not numbers (a few bad numbers in a numeric column are an error)."""
+    return sum(not _is_float(v) for v in values) > len(values) // 2
+
+
 def _is_float(s: str) -> bool:
     try:
         float(s)
@@ -195,7 +200,7 @@ def read_csv_series(source: str, mesh_path: str | None, tolerance: float | None)
         values, labels = {}, {}
         for name, cols in fields.items():
             first = _column(rows, cols[0], f, name, numeric=False) if not isinstance(rows, np.ndarray) else None
-            if first is not None and len(cols) == 1 and not all(_is_float(v) for v in first[:1000]):
+            if first is not None and len(cols) == 1 and _is_text(first[:1000]):
                 labels[name] = first[node_rows]
                 continue
             values[name] = np.stack([_column(rows, c, f, name) for c in cols], axis=1)[node_rows]
