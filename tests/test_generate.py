@@ -32,7 +32,7 @@ def column():
 
 def _run(space, flow, inlet, velocity, steps=25, dt=0.7, **kw):
     p = UptakeParameters(inlet_velocity=velocity, **kw)
-    nsub = substeps_for(space, low_order_operator(space, flow, p), dt, 2.0)
+    nsub = substeps_for(space, low_order_operator(space, flow, p), dt, 8.0, p.rate)
     frames = list(simulate_uptake(space, flow, p, inlet, steps, dt, nsub))
     return p, np.array([f[0] for f in frames]), np.array([f[1] for f in frames])
 

@@ -39,7 +39,7 @@ class GenerateConfig:
     capacity: float = 80.0
     rate: float = 5.0
     dispersion: float = 1e-5
-    courant: float = 2.0
+    courant: float = 8.0
     threads: int = 0     # gmsh threads; 0: 1 below AUTO_THREADS_NODES nodes (reproducible meshes), else 2
 
 
@@ -91,7 +91,7 @@ def generate_dataset(out, cfg: GenerateConfig, progress: bool = True, extra_prov
         bar = tqdm(total=cfg.trajectories * max(cfg.steps - 1, 0), desc="solving", unit="step",
                    disable=not progress, leave=False)
         for traj, p in enumerate(params):
-            nsub = substeps_for(space, low_order_operator(space, flow, p), dt, cfg.courant)
+            nsub = substeps_for(space, low_order_operator(space, flow, p), dt, cfg.courant, p.rate)
             substeps[str(traj)] = nsub
             w.add_trajectory(traj, cfg.steps, parameters={**asdict(p), "substeps": nsub},
                              static={"velocity": p.inlet_velocity * flow.node_velocity})
