@@ -1,6 +1,6 @@
 """PNG pictures and animations of a field of a rollout, off-screen with pyvista.
 
-A frame is a ``.vtu``/``.pvtu`` file, one time of a ``.pvd`` series (chosen by step or time; default the last)
+A frame is a ``.vtu``/``.pvtu`` file, one time of a ``.pvd`` or transient ``.vtkhdf`` series (chosen by step or time; default the last)
 or arrays. The field is shown on a **slice** (a plane through the mesh centre, given by its normal axis: ``x`` or
 ``y`` cut lengthwise through a z-aligned column, ``z`` across it; ``auto`` takes the normal along the shortest
 extent, i.e. the plane through the column axis) or on a **clip** (the half-mesh on the negative side of that
@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,34 +41,80 @@ def _pyvista():
 # ----------------------------------------------------------------------------------------------------------------
 # frames
 # ----------------------------------------------------------------------------------------------------------------
-def series_frames(path) -> list[tuple[float, Path, int | None]]:
-    """[(time, file, step)] of a ``.pvd`` (step from ``<name>_<step>.vtu`` names) or one ``.vtu``/``.pvtu``."""
+class Frame(NamedTuple):
+    """One time of a series: its time, file, rollout step (from the file name; None if unknown) and, for a
+    VTKHDF file, the step index inside it."""
+    time: float
+    file: Path
+    step: int | None
+    index: int | None = None
+
+
+def series_frames(path) -> list[Frame]:
+    """The frames of a ``.pvd`` or transient ``.vtkhdf`` series, or of one ``.vtu``/``.pvtu`` file."""
     from .io.vtk import read_pvd, step_of
 
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "no such file")
     if path.suffix == ".pvd":
-        frames = [(t, f, step_of(f)) for t, f in read_pvd(path)]
+        frames = [Frame(t, f, step_of(f)) for t, f in read_pvd(path)]
         if not frames:
             raise InputError(path, "Collection", "lists no data sets")
         return frames
+    if path.suffix in (".vtkhdf", ".hdf"):
+        return [Frame(t, path, None, i) for i, t in enumerate(_vtkhdf_times(path))]
     if path.suffix in (".vtu", ".pvtu", ".vtk"):
-        return [(0.0, path, step_of(path))]
-    raise InputError(path, None, "expected a .pvd, .vtu or .pvtu file")
+        return [Frame(0.0, path, step_of(path))]
+    raise InputError(path, None, "expected a .pvd, .vtkhdf, .vtu or .pvtu file")
+
+
+def _vtkhdf_reader(path):
+    import vtk
+
+    r = vtk.vtkHDFReader()
+    if not r.CanReadFile(str(path)):
+        raise InputError(path, None, "not a VTKHDF file")
+    r.SetFileName(str(path))
+    r.UpdateInformation()
+    return r
+
+
+def _vtkhdf_units(path, mesh):
+    """Copy the ``Units`` attributes of /VTKHDF/PointData/* onto the arrays' UNITS_LABEL keys."""
+    import h5py
+    import vtk
+
+    with h5py.File(path, "r") as f:
+        for name, d in f["VTKHDF"].get("PointData", {}).items():
+            arr = mesh.GetPointData().GetArray(name)
+            if arr is not None and "Units" in d.attrs:
+                units = d.attrs["Units"]
+                arr.GetInformation().Set(vtk.vtkDataArray.UNITS_LABEL(),
+                                         units.decode() if isinstance(units, bytes) else str(units))
+
+
+def _vtkhdf_times(path) -> list[float]:
+    import vtk
+
+    r = _vtkhdf_reader(path)
+    info, key = r.GetOutputInformation(0), vtk.vtkStreamingDemandDrivenPipeline.TIME_STEPS()
+    if not info.Has(key):
+        return [0.0]
+    return [info.Get(key, i) for i in range(info.Length(key))]
 
 
 def pick_frame(frames, step: int | None = -1, time: float | None = None) -> int:
     """Index of the frame wanted: nearest ``time`` if given, else rollout ``step`` >= 0 (exact) or a negative
     index from the end (-1 = last)."""
     if time is not None:
-        return int(np.argmin([abs(t - time) for t, _, _ in frames]))
+        return int(np.argmin([abs(f.time - time) for f in frames]))
     step = -1 if step is None else int(step)
     if step < 0:
         if -step > len(frames):
             raise MeshgnnError(f"step {step}: the series has {len(frames)} frames")
         return len(frames) + step
-    steps = [s for _, _, s in frames]
+    steps = [f.step for f in frames]
     if step in steps:
         return steps.index(step)
     if all(s is None for s in steps) and step < len(frames):
@@ -81,10 +128,18 @@ def _short(v):
         map(str, v[-5:]))
 
 
-def load_mesh(path):
+def load_mesh(path, index: int | None = None):
+    """A frame as a pyvista mesh (pieces of a .pvtu merged; ``index``: step inside a .vtkhdf file)."""
     pv = _pyvista()
     try:
-        mesh = pv.read(str(path))
+        if index is not None:
+            r = _vtkhdf_reader(path)
+            r.SetStep(index)
+            r.Update()
+            mesh = pv.wrap(r.GetOutput())
+            _vtkhdf_units(path, mesh)
+        else:
+            mesh = pv.read(str(path))
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
         raise InputError(path, None, f"cannot read ({e})") from None
     if isinstance(mesh, pv.MultiBlock):
@@ -277,8 +332,8 @@ def render_field(source, field: str, out_png, step: int | None = -1, time: float
     """PNG of ``field`` from a pyvista mesh or a .pvd/.vtu/.pvtu path (one frame: ``step``/``time``)."""
     if isinstance(source, (str, os.PathLike)):
         frames = series_frames(source)
-        t, f, s = frames[pick_frame(frames, step, time)]
-        mesh, label = load_mesh(f), _label(t, s)
+        fr = frames[pick_frame(frames, step, time)]
+        mesh, label = load_mesh(fr.file, fr.index), _label(fr)
     else:
         mesh, label = source, None
     img = frame_image(mesh, field, view, axis, compare, component, clim, window_size, cmap, label)
@@ -290,8 +345,8 @@ def render_arrays(points, cells: dict, point_data: dict, field: str, out_png, **
     return render_field(mesh_from_arrays(points, cells, point_data), field, out_png, **kw)
 
 
-def _label(t, s):
-    return f"t = {t:.4g}" + (f"  (step {s})" if s is not None else "")
+def _label(fr: Frame) -> str:
+    return f"t = {fr.time:.4g}" + (f"  (step {fr.step})" if fr.step is not None else "")
 
 
 def render_series(source, field: str, out_png=None, step: int | None = -1, time: float | None = None,
@@ -320,16 +375,16 @@ def render_series(source, field: str, out_png=None, step: int | None = -1, time:
     if progress:
         from tqdm import tqdm
         it = tqdm(frames, desc="render", unit="frame", dynamic_ncols=True)
-    images = [frame_image(load_mesh(f), field, view, axis, compare, component, None, window_size, cmap,
-                          _label(t, s), ranges) for t, f, s in it]
+    images = [frame_image(load_mesh(fr.file, fr.index), field, view, axis, compare, component, None, window_size,
+                          cmap, _label(fr), ranges) for fr in it]
     out["animation"] = (_save_gif if animation.suffix == ".gif" else _save_mp4)(images, animation, fps)
     return out
 
 
 def _series_ranges(frames, field, compare, component, clim):
     lo, hi, emax, signed = np.inf, -np.inf, 0.0, False
-    for _, f, _ in frames:
-        panels = panels_for(load_mesh(f), field, compare, component)
+    for fr in frames:
+        panels = panels_for(load_mesh(fr.file, fr.index), field, compare, component)
         for _, v, kind in panels:
             if kind == "value":
                 lo, hi = min(lo, float(np.nanmin(v))), max(hi, float(np.nanmax(v)))

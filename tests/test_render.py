@@ -24,7 +24,7 @@ def fields(pts, k):
 def series(tmp_path_factory):
     out = tmp_path_factory.mktemp("render")
     pts, tets = box_tets(6, 6, 12, size=(1.0, 1.0, 3.0))      # a tall column along z
-    with RolloutWriter(out, pts, {"tetra": tets}, units={"co2": "mol/m^3"}) as w:
+    with RolloutWriter(out, pts, {"tetra": tets}, formats=("pvd", "vtkhdf"), units={"co2": "mol/m^3"}) as w:
         for k in range(4):
             w.write_step(k, 0.5 * k, fields(pts, k))
     return out / "rollout.pvd", pts, tets
@@ -75,7 +75,7 @@ def test_frame_choice_and_series_colour_range(series):
 
     pvd, pts, _ = series
     frames = series_frames(pvd)
-    assert [s for _, _, s in frames] == [0, 1, 2, 3]
+    assert [f.step for f in frames] == [0, 1, 2, 3]
     assert pick_frame(frames, -1) == 3 and pick_frame(frames, 1) == 1 and pick_frame(frames, time=0.9) == 2
     with pytest.raises(MeshgnnError, match="step 7"):
         pick_frame(frames, 7)
@@ -84,7 +84,7 @@ def test_frame_choice_and_series_colour_range(series):
     assert value == pytest.approx((allv.min(), allv.max()), rel=1e-6)
     emax = max(np.abs(fields(pts, k)["co2_err"]).max() for k in range(4))
     assert err == pytest.approx((-emax, emax), rel=1e-6)
-    assert load_mesh(frames[0][1]).n_points == len(pts)
+    assert load_mesh(frames[0].file).n_points == len(pts)
 
 
 def test_gif_has_one_frame_per_step(series, tmp_path):
@@ -111,3 +111,15 @@ def test_cli_render_and_user_errors(series, tmp_path, capsys):
     assert main(["render", str(pvd), "--field", "u", "--compare", "--out", str(tmp_path / "n.png")]) == 2
     assert main(["render", str(tmp_path / "missing.pvd"), "--field", "co2"]) == 2
     assert not (tmp_path / "n.png").exists()
+
+
+def test_vtkhdf_frames_render_like_the_vtu_frames(series, tmp_path):
+    from meshgnn.render import frame_image, load_mesh, series_frames
+
+    pvd, _, _ = series
+    frames = series_frames(pvd.with_suffix(".vtkhdf"))
+    assert [f.time for f in frames] == [0.0, 0.5, 1.0, 1.5]
+    a = frame_image(load_mesh(frames[2].file, frames[2].index), "co2", window_size=(300, 240))
+    b = frame_image(load_mesh(series_frames(pvd)[2].file), "co2", window_size=(300, 240))
+    c = frame_image(load_mesh(series_frames(pvd)[3].file), "co2", window_size=(300, 240))
+    assert a.std() > 5 and np.array_equal(a, b) and not np.array_equal(a, c)

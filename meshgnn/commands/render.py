@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 def add_arguments(p):
-    p.add_argument("source", help="a rollout .pvd series, or one .vtu / .pvtu file")
+    p.add_argument("source", help="a rollout .pvd or .vtkhdf series, or one .vtu / .pvtu file")
     p.add_argument("--field", required=True, help="point field to show (vector fields: magnitude)")
     p.add_argument("--out", default=None, help="PNG to write (default: <source folder>/<field>.png)")
     p.add_argument("--step", type=int, default=-1,
