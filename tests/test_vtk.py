@@ -288,3 +288,53 @@ def test_serial_writer_can_cut_frames_into_pvtu_pieces(tmp_path, mesh):
     np.testing.assert_array_equal(g.cell_data["part"], part[tets[g.cell_data["tag"], 0]])
     with pytest.raises(MeshgnnError, match="part"):
         RolloutWriter(tmp_path / "x", pts, {"tetra": tets}, formats=("pvtu",))
+
+
+MPI_WRITER = r'''
+import sys
+import numpy as np
+from mpi4py import MPI
+from meshgnn.io.vtk import PartitionedRolloutWriter, cell_piece
+from meshgnn.meshes import box_tets
+sys.path.insert(0, sys.argv[2])
+from test_vtk import frame, times
+comm = MPI.COMM_WORLD
+pts, tets = box_tets(4, 3, 5)
+owner = np.digitize(pts[:, 2], [0.3, 0.7]).astype(np.int32)
+ids, local, _ = cell_piece({"tetra": tets}, owner, comm.rank)
+with PartitionedRolloutWriter(sys.argv[1], comm.rank, comm.size, pts[ids], local, global_ids=ids,
+                              barrier=comm.Barrier, every=2, wait_timeout=0) as w:
+    for k in range(5):
+        w.write_step(k, times(k), {n: v[ids] for n, v in frame(pts, k).items()})
+print("OK", comm.rank)
+'''
+
+
+@pytest.mark.mpi
+def test_partitioned_writer_under_mpirun(tmp_path, mesh):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyvista as pv
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here / "mpi_scripts"))
+    from launch import REPO, require_mpirun
+
+    script = tmp_path / "writer.py"
+    script.write_text(MPI_WRITER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    p = subprocess.run([require_mpirun(), "--allow-run-as-root", "--oversubscribe", "-n", "3", sys.executable,
+                        str(script), str(tmp_path / "out"), str(here)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    entries = read_pvd(tmp_path / "out" / "rollout.pvd")
+    assert [f.name for _, f in entries] == [f"rollout_{k:05d}.pvtu" for k in (0, 2, 4)]
+    pts, tets = mesh
+    g = pv.read(entries[-1][1])
+    assert g.n_cells == len(tets) and sorted(np.unique(g.cell_data["part"])) == [0, 1, 2]
+    merged = np.zeros(len(pts), np.float32)
+    merged[g.point_data["global_id"]] = g.point_data["co2"]
+    np.testing.assert_array_equal(merged, frame(pts, 4)["co2"])
