@@ -58,6 +58,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
     resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoint.pt"})
+    stop_at: int = field(default=0, metadata={"help": "checkpoint and stop after this step as if preempted "
+                                                      "(staged runs, tests); 0: never"})
     max_minutes: float = field(default=0.0, metadata={"help": "wall-clock cap: checkpoint and stop after this "
                                                               "many minutes (0: none)"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
@@ -332,6 +334,7 @@ class Trainer:
         params = [p for p in self.sim.model.parameters()]
         self.comm.allreduce_grads(params)
         over_time = self.deadline is not None and time.perf_counter() > self.deadline
+        over_time |= bool(self.cfg.stop_at) and step + 1 >= self.cfg.stop_at
         stop = 1.0 if (_STOP_REQUESTED or over_time) else 0.0
         bad_local = 0.0 if all(torch.isfinite(p.grad).all() for p in params if p.grad is not None) else 1.0
         summary = torch.tensor([local, stop, bad_local], dtype=torch.float64)

@@ -20,3 +20,14 @@ def make_comm(backend: str = "auto"):
         return init_from_mpi(backend=backend)
     from ..train import LocalComm
     return LocalComm()
+
+
+def guard(comm):
+    """Under several ranks, an exception on one rank ends the whole job (``rank R: ...`` then MPI Abort)
+    instead of leaving the others blocked in a collective; a single process lets the CLI report it."""
+    import contextlib
+
+    if getattr(comm, "size", 1) > 1:
+        from ..distributed import abort_on_exception
+        return abort_on_exception(comm)
+    return contextlib.nullcontext()

@@ -49,12 +49,6 @@ def run(args) -> int:
     print("[3/3] rolling out the held-out trajectory")
     res = rollout(RolloutConfig(checkpoint=summary["checkpoint"], dataset=str(data), out=str(out / "rollout")))
     print_summary(res)
-    r, b = res["rmse"], res["rmse_persistence"]
-    for key in r:
-        if key in b:
-            for f in r[key]:
-                if r[key][f] > 0:
-                    print(f"  persistence / surrogate RMSE, {key}, {f}: {b[key][f] / r[key][f]:.2f}x")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Outputs:\n"
           f"  dataset        {data}\n  checkpoint     {summary['checkpoint']}\n"
           f"  training log   {out / 'train' / 'train_log.csv'}\n"

@@ -14,11 +14,12 @@ def add_arguments(p):
 
 def run(args) -> int:
     from ..rollout import rollout
-    from ._common import make_comm
+    from ._common import guard, make_comm
 
     cfg = resolve(RolloutConfig, args, checkpoint=args.checkpoint, dataset=args.dataset)
     comm = make_comm(args.backend)
-    res = rollout(cfg, comm)
+    with guard(comm):
+        res = rollout(cfg, comm)
     if comm.is_root:
         print_summary(res)
     if hasattr(comm, "finalize"):
@@ -27,12 +28,16 @@ def run(args) -> int:
 
 
 def print_summary(res: dict) -> None:
+    from ..metrics import format_summary
+
     print(f"rollout: trajectory {res['trajectory']}, {res['steps']} steps, "
           f"{res['seconds_per_step']:.3f} s/step (model)")
     if "rmse" in res:
-        print("RMSE (surrogate | persistence baseline):")
-        for key in res["rmse"]:
-            print(f"  {key}: {res['rmse'][key]} | {res['rmse_persistence'][key]}")
+        print("surrogate " + format_summary(res["rmse"]))
+        print("persistence baseline (no change) " + format_summary(res["rmse_persistence"]))
+        for f, d in res["rmse"].items():
+            ratios = [f"{k}: {res['rmse_persistence'][f][k] / v:.2f}x" for k, v in d.items() if v > 0]
+            print(f"  {f}: persistence RMSE / surrogate RMSE  " + ", ".join(ratios))
     for k in ("pvd", "png"):
         if k in res:
             print(f"  {k}: {res[k]}")

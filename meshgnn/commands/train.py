@@ -15,11 +15,12 @@ def run(args) -> int:
     import json
 
     from ..train import train
-    from ._common import make_comm
+    from ._common import guard, make_comm
 
     cfg = resolve(TrainConfig, args, dataset=args.dataset)
     comm = make_comm(args.backend)
-    summary = train(cfg, comm)
+    with guard(comm):
+        summary = train(cfg, comm)
     if comm.is_root:
         print(json.dumps({k: v for k, v in summary.items()}, default=str))
         state = "stopped early (SIGTERM or --max-minutes), checkpoint saved" if summary["stopped"] else "done"
