@@ -87,7 +87,7 @@ def generate_dataset(out, cfg: GenerateConfig, progress: bool = True, extra_prov
     }
     frame_seconds, substeps = [], {}
     with DatasetWriter(out, mesh.points, {"tetra": mesh.tets}, mesh.node_type, NODE_TYPES, dt, FIELDS,
-                       dirichlet_types=["inlet"], provenance=provenance) as w:
+                       dirichlet_types=["inlet"], provenance=provenance, edges=edges) as w:
         bar = tqdm(total=cfg.trajectories * max(cfg.steps - 1, 0), desc="solving", unit="step",
                    disable=not progress, leave=False)
         for traj, p in enumerate(params):

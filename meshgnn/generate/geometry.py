@@ -166,7 +166,7 @@ def mesh_column(geom: ColumnGeometry, nodes: int, threads: int = 2, calibrate: b
     """Tetrahedralise ``geom`` with about ``nodes`` nodes.
 
     With ``calibrate``, one trial mesh (at most ~40k nodes) measures the node density of this geometry, and the
-    final size h is set from it; the achieved count is typically within ~20% of the target.
+    final size h is set from it; the achieved count is typically within ~10-20% of the target.
     """
     import time
 
@@ -179,7 +179,7 @@ def mesh_column(geom: ColumnGeometry, nodes: int, threads: int = 2, calibrate: b
         _mesh(gmsh, h)
         if calibrate:
             got = gmsh.model.mesh.getNodes()[0].size
-            if nodes > CALIBRATION_NODES or abs(got / nodes - 1.0) > 0.2:
+            if nodes > CALIBRATION_NODES or abs(got / nodes - 1.0) > 0.1:
                 h = size_for_nodes(geom, nodes, density=got * h ** 3 / geom.volume)
                 _mesh(gmsh, h)
         mesh = _extract(gmsh, groups, h)

@@ -355,10 +355,11 @@ class DatasetWriter:
         dirichlet_types: node type names whose state values the data prescribes.
         provenance: JSON-able dict; :attr:`provenance` may be updated until the writer closes.
         compression: h5py filter for field data (``"lzf"`` default, ``None`` for none).
+        edges: optional precomputed ``edges_from_cells(cells, N)`` (2, E), to skip recomputing it.
     """
 
     def __init__(self, path, points, cells, node_type, node_type_names=NODE_TYPES, dt: float = 1.0,
-                 fields=(), dirichlet_types=(), provenance=None, compression: str | None = "lzf"):
+                 fields=(), dirichlet_types=(), provenance=None, compression: str | None = "lzf", edges=None):
         self.path = Path(path)
         self.points = np.asarray(points, dtype=np.float64)
         if self.points.ndim != 2 or self.points.shape[1] != 3:
@@ -386,6 +387,7 @@ class DatasetWriter:
             raise ValueError(f"dirichlet_types: unknown node types {bad}")
         self.provenance = dict(provenance or {})
         self.compression = compression
+        self._edges = None if edges is None else np.asarray(edges, dtype=np.int64)
         self._steps_written: dict[str, np.ndarray] = {}
         self._atomic = None
         self._f = None
@@ -460,7 +462,9 @@ class DatasetWriter:
                                  compression=self.compression if len(v) else None)
         nt = mesh.create_dataset("node_type", data=self.node_type)
         nt.attrs["names"] = json.dumps(self.node_type_names)
-        edges = edges_from_cells(self.cells, self.num_nodes)
+        edges = self._edges if self._edges is not None else edges_from_cells(self.cells, self.num_nodes)
+        if edges.ndim != 2 or edges.shape[0] != 2:
+            raise ValueError(f"edges: expected shape (2, E), got {edges.shape}")
         mesh.create_dataset("edges", data=edges, chunks=(2, min(max(edges.shape[1], 1), 1 << 20))
                             if edges.shape[1] else None, compression=self.compression if edges.shape[1] else None)
         f.create_group("trajectories", track_order=True)
