@@ -16,34 +16,35 @@ def edge_cut(edge_index, owner) -> int:
     return int(np.unique(np.minimum(s, r) * n + np.maximum(s, r)).size)
 
 
-def partition_stats(parts, edge_index, num_nodes: int, owner) -> dict:
+def partition_stats(parts, edge_index, num_nodes: int, owner, num_edges: int | None = None) -> dict:
     """Sizes and quality of a decomposition.
 
     Args:
         parts: sequence of :class:`~decomposition.Part` (or ``PartSummary``: anything with ``part_id``,
             ``n_core``, ``num_nodes``, ``num_edges``).
-        edge_index: ``(2, E)`` the whole graph.
+        edge_index: ``(2, E)`` the whole graph, or None (then ``edge_cut`` is None and E is ``num_edges``).
         num_nodes: N.
-        owner: ``(N,)`` owner part of each node.
+        owner: ``(N,)`` owner part of each node (unused without ``edge_index``).
+        num_edges: E when ``edge_index`` is None.
     Returns:
         dict with ``num_parts, num_nodes, num_edges, halo, per_part`` (list of ``{part, core, halo, total, edges,
         halo_core}``), ``balance`` (max core / mean core), ``edge_cut`` (undirected edges between parts),
         ``halo_core`` (Σ halo / Σ core), ``node_factor`` (Σ patch nodes / N), ``edge_factor`` (Σ patch edges / E).
     """
-    ei = check_edge_index(edge_index, int(num_nodes))
+    ei = None if edge_index is None else check_edge_index(edge_index, int(num_nodes))
     rows = []
     for p in parts:
         core, total = int(p.n_core), int(p.num_nodes)
         rows.append(dict(part=int(p.part_id), core=core, halo=total - core, total=total, edges=int(p.num_edges),
                          halo_core=(total - core) / core if core else float("inf")))
     cores = np.array([r["core"] for r in rows], dtype=np.float64)
-    n, e = int(num_nodes), int(ei.shape[1])
+    n, e = int(num_nodes), int(ei.shape[1] if ei is not None else num_edges)
     return dict(
         num_parts=len(rows), num_nodes=n, num_edges=e,
         halo=int(parts[0].halo) if rows and hasattr(parts[0], "halo") else None,
         per_part=rows,
         balance=float(cores.max() / cores.mean()) if len(rows) else float("nan"),
-        edge_cut=edge_cut(ei, owner),
+        edge_cut=None if ei is None else edge_cut(ei, owner),
         halo_core=float(sum(r["halo"] for r in rows) / max(cores.sum(), 1)),
         node_factor=float(sum(r["total"] for r in rows) / max(n, 1)),
         edge_factor=float(sum(r["edges"] for r in rows) / max(e, 1)),
@@ -74,7 +75,8 @@ def format_stats(stats: dict, max_rows: int = 32) -> str:
     halo = f", halo {stats['halo']} hops" if stats.get("halo") is not None else ""
     out += [
         f"{stats['num_parts']} parts of {stats['num_nodes']} nodes / {stats['num_edges']} directed edges{halo}",
-        f"balance (max core / mean core): {stats['balance']:.3f}   edge cut: {stats['edge_cut']} undirected edges",
+        f"balance (max core / mean core): {stats['balance']:.3f}   edge cut: "
+        + ("n/a" if stats["edge_cut"] is None else f"{stats['edge_cut']} undirected edges"),
         f"redundant compute: nodes x{stats['node_factor']:.2f}, edges x{stats['edge_factor']:.2f}   "
         f"halo/core: {stats['halo_core']:.2f}",
     ]

@@ -158,6 +158,20 @@ class PartStore:
             raise InputError(self.path, "graph", f"part store does not match the dataset ({problem}); "
                                                  "rerun `meshgnn partition` on this dataset")
 
+    def describe(self) -> str:
+        """A readable summary (attributes and the per-part size table) for ``meshgnn info``."""
+        from .stats import format_stats, partition_stats
+
+        summaries = [self.summary(p) for p in range(self.num_parts)]
+        stats = partition_stats(summaries, None, self.num_nodes, None, num_edges=self.num_edges)
+        meta = ", ".join(f"{k}={v}" for k, v in sorted(self.meta.items()))
+        return "\n".join([
+            f"part store {self.path} (schema {self.schema_version})",
+            f"method {self.method}, {self.num_parts} parts, halo {self.halo} hops, graph {self.fingerprint}",
+            f"meta: {meta or '-'}",
+            format_stats(stats),
+        ])
+
     def __len__(self) -> int:
         return self.num_parts
 

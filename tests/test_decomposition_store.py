@@ -44,6 +44,8 @@ def test_round_trip(mesh, tmp_path):
         with pytest.raises(InputError, match="out of range"):
             store.read(5)
         store.check_graph(ei, n)  # the graph it was cut from
+        text = store.describe()
+        assert "5 parts, halo 3 hops" in text and "layers=3" in text and "edge cut: n/a" in text
 
 
 def test_mismatch_detection(mesh, tmp_path):
