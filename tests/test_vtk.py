@@ -338,3 +338,14 @@ def test_partitioned_writer_under_mpirun(tmp_path, mesh):
     merged = np.zeros(len(pts), np.float32)
     merged[g.point_data["global_id"]] = g.point_data["co2"]
     np.testing.assert_array_equal(merged, frame(pts, 4)["co2"])
+
+
+def test_a_rerun_replaces_the_previous_series_only(tmp_path, mesh):
+    pts, tets = mesh
+    write_series(tmp_path, pts, tets, 6, formats=("pvd", "vtkhdf"))
+    (tmp_path / "notes.txt").write_text("keep")
+    (tmp_path / "rollout_final.vtu").write_text("not a frame name")
+    (tmp_path / "other_00009.vtu").write_text("another series")
+    write_series(tmp_path, pts, tets, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", "other_00009.vtu", "rollout.pvd", "rollout_00000.vtu", "rollout_00001.vtu", "rollout_final.vtu"]

@@ -422,6 +422,7 @@ class RolloutWriter(_SeriesWriter):
                                "pieces: PartitionedRolloutWriter)")
         self.out_dir, self.name, self.formats = Path(out_dir), name, formats
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_series(self.out_dir, name)         # no stale frames of an earlier, longer run in the folder
         self.mesh, self._cells = VtuMesh(points, cells), cells
         self.units = dict(units or {})
         self.static_point_data = {k: _as_vtk_array(k, v, self.mesh.num_points)
@@ -562,11 +563,17 @@ class PartitionedRolloutWriter(_SeriesWriter):
             _time.sleep(0.05)
 
 
-def remove_series(out_dir, name="rollout"):
-    """Delete a previous series ``<name>.pvd`` / ``<name>_*.vtu|pvtu`` / ``<name>.vtkhdf`` in ``out_dir``."""
+def remove_series(out_dir, name="rollout") -> int:
+    """Delete the files of a previous series ``name`` in ``out_dir`` (only names this module writes:
+    ``<name>.pvd``, ``<name>_pieces.pvd``, ``<name>.vtkhdf``, ``<name>_<5 digits>[_p<4 digits>].vtu|.pvtu``).
+    Returns how many were removed."""
     out_dir = Path(out_dir)
-    for p in list(out_dir.glob(f"{name}_*.vtu")) + list(out_dir.glob(f"{name}_*.pvtu")):
-        os.unlink(p)
-    for p in (out_dir / f"{name}.pvd", out_dir / f"{name}.vtkhdf"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
+    frame = re.compile(re.escape(name) + r"_\d{%d}(_p\d{4})?\.p?vtu$" % STEP_DIGITS)
+    fixed = {f"{name}.pvd", f"{name}_pieces.pvd", f"{name}.vtkhdf"}
+    n = 0
+    for p in out_dir.iterdir() if out_dir.is_dir() else ():
+        if p.is_file() and (p.name in fixed or frame.fullmatch(p.name)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+                n += 1
+    return n
