@@ -116,7 +116,11 @@ def iter_parts(edge_index, num_nodes: int, owner, halo: int) -> Iterator[Part]:
         raise ValueError(f"halo: expected an integer in [0, 32767], got {halo!r}")
     owner = owner.astype(np.int32, copy=False)
     rowptr, senders = incoming_csr(ei, num_nodes)
-    del ei
+    return _grow_parts(rowptr, senders, owner, int(halo))  # arguments checked now, parts built lazily
+
+
+def _grow_parts(rowptr, senders, owner, halo) -> Iterator[Part]:
+    num_nodes = owner.size
     nparts = int(owner.max()) + 1 if owner.size else 0
     counts = np.bincount(owner, minlength=nparts)
     members = np.argsort(owner, kind="stable")  # core lists, ascending global id within each part
@@ -126,11 +130,11 @@ def iter_parts(edge_index, num_nodes: int, owner, halo: int) -> Iterator[Part]:
     slot = np.zeros(num_nodes, dtype=np.int64)  # scratch for the BFS
     for p in range(nparts):
         core = members[starts[p]:starts[p + 1]]
-        nodes, hop = _halo_bfs(rowptr, senders, core, int(halo), stamp, p, slot)
+        nodes, hop = _halo_bfs(rowptr, senders, core, halo, stamp, p, slot)
         local[nodes] = np.arange(nodes.size, dtype=np.int64)
         edge_index = _induced_edges(rowptr, senders, nodes, local)
         local[nodes] = -1
-        yield Part(p, nodes, int(core.size), hop, edge_index, owner[nodes], int(halo))
+        yield Part(p, nodes, int(core.size), hop, edge_index, owner[nodes], halo)
 
 
 def _halo_bfs(rowptr, senders, core, halo, stamp, p, slot):

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.csgraph import shortest_path
 
-from decomposition import Part, build_parts, format_stats, partition, partition_stats
+from decomposition import Part, build_parts, format_stats, iter_parts, partition, partition_stats
 from meshgnn.graph import edges_from_cells, sort_by_receiver
 from meshgnn.meshes import box_tets
 
@@ -192,6 +192,8 @@ def test_bad_build_parts_arguments():
         build_parts(ei, n, np.zeros(n, int), -1)
     with pytest.raises(ValueError, match="owner"):
         build_parts(ei, n, np.zeros(n - 1, int), 1)
+    with pytest.raises(ValueError, match="halo"):
+        iter_parts(ei, n, np.zeros(n, int), 2.5)  # checked on the call, not on the first part
 
 
 # ---------------------------------------------------------------- exactness contract
