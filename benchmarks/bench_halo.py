@@ -144,6 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--features", type=int, default=128, help="feature width F (float32)")
     ap.add_argument("--halo", type=int, default=1, help="halo depth of the parts")
     ap.add_argument("--repeats", type=int, default=10, help="timed repetitions (median)")
+    ap.add_argument("--base-repeats", type=int, default=3, help="timed repetitions of the all-gather baseline")
     ap.add_argument("--store", default=None,
                     help="part store to reuse or create (default /tmp/bench_halo_side<S>_p<P>_h<H>.parts.h5)")
     ap.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
@@ -163,13 +164,17 @@ def main(argv=None) -> int:
         sf.bcast_flat(flat)
         bytes_bcast = sf.bytes_exchanged - before
         t_bcast = timed(lambda: sf.bcast_flat(flat), args.repeats, dist)
+        t_inplace = timed(lambda: sf.bcast_flat_(flat), args.repeats, dist)
+        send = flat.index_select(0, sf.send_rows)
+        t_a2a = timed(lambda: sf._all_to_all(send, sf.send_splits, sf.recv_splits), args.repeats, dist) \
+            if sf.needs_comm else 0.0
         t_reduce = timed(lambda: sf.reduce_flat(flat), args.repeats, dist)
         t_clone = timed(lambda: flat.clone(), args.repeats, dist)
         if dist.size > 1:
             base_run, bytes_base = allgather_exchange(local, xs, dist)
             ref = base_run()
             assert all(torch.equal(a, b) for a, b in zip(ref, sf.bcast(xs))), "baseline and star forest disagree"
-            t_base = timed(base_run, args.repeats, dist)
+            t_base = timed(base_run, args.base_repeats, dist)
         else:
             t_base, bytes_base = float("nan"), 0
 
@@ -195,10 +200,12 @@ def main(argv=None) -> int:
                     f"(all-gather baseline {r['bytes_base'] / 2**20:.2f} MiB, "
                     f"x{r['bytes_base'] / max(r['bytes_bcast'], 1):.1f})")
             lines.append(
-                f"- F={args.features} float32, median of {args.repeats}, max over ranks: bcast {t_bcast * 1e3:.1f} ms, "
-                f"reduce {t_reduce * 1e3:.1f} ms, all-gather baseline {t_base * 1e3:.1f} ms "
-                f"(baseline/bcast = {t_base / t_bcast:.1f}x), flat-buffer clone {t_clone * 1e3:.1f} ms "
-                f"(bcast/clone = {t_bcast / t_clone:.1f}x)")
+                f"- F={args.features} float32, medians (bcast/reduce of {args.repeats}, baseline of "
+                f"{args.base_repeats}), max over ranks: bcast {t_bcast * 1e3:.1f} ms (out-of-place, autograd), "
+                f"bcast_flat_ {t_inplace * 1e3:.1f} ms (in place), of which all_to_all alone {t_a2a * 1e3:.1f} ms; "
+                f"reduce {t_reduce * 1e3:.1f} ms; all-gather baseline {t_base * 1e3:.1f} ms "
+                f"(baseline/bcast = {t_base / t_bcast:.1f}x, baseline/in-place = {t_base / t_inplace:.1f}x); "
+                f"clone of the flat buffer {t_clone * 1e3:.1f} ms (bcast/clone = {t_bcast / t_clone:.1f}x)")
             text = "\n".join(lines)
             print(text, flush=True)
             if not args.no_write:

@@ -135,6 +135,9 @@ class StarForest:
         sizes = [int(np.asarray(p.nodes).shape[0]) for p in local]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         leaf, root_part, node = _leaves(local, offsets, owner, depth)
+        if root_part.size and root_part.max() >= part_to_rank.size:
+            raise MeshgnnError(f"halo: a ghost is owned by part {int(root_part.max())}, but part_to_rank lists "
+                               f"only {part_to_rank.size} parts")
         root_rank = part_to_rank[root_part]
         is_local = root_rank == rank
         # remote requests grouped by root rank, then (root part, node) for locality on the root side
@@ -199,8 +202,24 @@ class StarForest:
     def _idx(self, t: torch.Tensor, device) -> torch.Tensor:
         return t if t.device == device else t.to(device)
 
+    def bcast_flat_(self, x: torch.Tensor) -> torch.Tensor:
+        """In-place :meth:`bcast_flat` without autograd (rollout under ``no_grad``): overwrites the leaf rows of
+        ``x`` and returns it. Per-part views from ``sf.split(x)`` see the refreshed halos, and no copy of the
+        whole buffer is made."""
+        self._check_flat(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("bcast_flat_ is not differentiable; use bcast_flat (or torch.no_grad())")
+        with torch.no_grad():
+            self._bcast_into(x, x)
+        return x
+
     def _bcast_raw(self, x: torch.Tensor) -> torch.Tensor:
         y = x.clone()
+        self._bcast_into(x, y)
+        return y
+
+    def _bcast_into(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """``y[leaves] = x[roots]`` (``y`` may be ``x``: roots are never leaves)."""
         dev = x.device
         if self.needs_comm:
             recv = self._all_to_all(x.index_select(0, self._idx(self.send_rows, dev)), self.send_splits,
@@ -208,7 +227,6 @@ class StarForest:
             y.index_copy_(0, self._idx(self.recv_rows, dev), recv)
         if self.local_leaf.numel():
             y.index_copy_(0, self._idx(self.local_leaf, dev), x.index_select(0, self._idx(self.local_root, dev)))
-        return y
 
     def _reduce_raw(self, x: torch.Tensor) -> torch.Tensor:
         y = x.clone()

@@ -95,6 +95,8 @@ def test_bad_inputs_are_refused(graph):
     parts = build_parts(ei, n, owner, 1)
     with pytest.raises(MeshgnnError, match="ranks must lie"):
         StarForest.from_parts(parts, block_assignment(4, 2), 0)  # rank 1 does not exist in a 1-rank job
+    with pytest.raises(MeshgnnError, match="lists only 2 parts"):
+        StarForest.from_parts(parts[:2], np.zeros(2, np.int64), 0)  # ghosts owned by parts 2, 3
     wrong = owner.copy()
     wrong[parts[0].nodes[parts[0].n_core]] = 3 - wrong[parts[0].nodes[parts[0].n_core]] % 4  # a ghost's owner lies
     bare = [dataclasses.replace(p, owner_of=None) for p in parts]
@@ -124,3 +126,14 @@ def test_two_ranks_four_parts_match_single_process():
         assert float(fields[fields.index("per_layer_err") + 1]) < 1e-12
         assert float(fields[fields.index("no_bcast_err") + 1]) > 1e-3
         assert int(fields[fields.index("remote_leaves") + 1].split("/")[0]) > 0
+
+
+def test_in_place_bcast_matches_out_of_place(forest):
+    sf, _ = forest
+    flat = torch.randn(sf.num_rows, 3)
+    want = sf.bcast_flat(flat)
+    views = sf.split(flat)
+    assert sf.bcast_flat_(flat) is flat
+    assert torch.equal(flat, want) and torch.equal(views[1], sf.split(want)[1])
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        sf.bcast_flat_(torch.zeros(sf.num_rows, 1, requires_grad=True))

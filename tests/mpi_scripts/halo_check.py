@@ -60,6 +60,9 @@ def check_bcast_reduce(sf, parts, local, xg, n, dist):
         assert torch.equal(y, xg[torch.as_tensor(p.nodes)]), f"bcast wrong on part {p.part_id}"
         assert torch.equal(x, x0), "bcast modified its input"
     assert sf.bytes_exchanged - before == int(sf.send_rows.numel()) * F * 8
+    flat = sf.cat(xs).clone()
+    sf.bcast_flat_(flat)  # in place, no autograd
+    assert all(torch.equal(a, b) for a, b in zip(sf.split(flat), ys)), "in-place bcast differs"
 
     # reduce: reference = for each node, Σ over every copy in every part (of all ranks) at its root row
     total = torch.zeros(n, F, dtype=torch.float64)
