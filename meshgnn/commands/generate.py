@@ -27,6 +27,14 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, default=0,
                    help="gmsh meshing threads; 0 = 1 below 200000 nodes (bit-reproducible meshes), else 2 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--solver", choices=("builtin", "openfoam"), default="builtin",
+                   help="builtin: packed column, P1 FEM (default); openfoam: channel with spheres solved by icoFoam + "
+                        "scalar transport, imported from the cases (needs OpenFOAM; uses --nodes, --trajectories, "
+                        "--steps, --velocity-range)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="openfoam: MPI ranks per run (decomposePar method simple, mpirun, reconstructPar) (default 1)")
+    p.add_argument("--workdir", default=None, help="openfoam: folder for the case folders (default: a temporary one)")
+    p.add_argument("--keep", action="store_true", help="openfoam: keep the case folders after the import")
 
 
 def _check(args) -> None:
@@ -47,6 +55,8 @@ def run(args) -> int:
     from ..generate.column import GenerateConfig, generate_dataset
 
     _check(args)
+    if args.solver == "openfoam":
+        return _run_openfoam(args)
     cfg = GenerateConfig(nodes=args.nodes, trajectories=args.trajectories, steps=args.steps, seed=args.seed,
                          velocity_range=tuple(args.velocity_range), packing=args.packing, inlet_co2=args.inlet_co2,
                          capacity=args.capacity, rate=args.rate, courant=args.courant, threads=args.threads)
@@ -63,4 +73,17 @@ def run(args) -> int:
           f"  dt        {s['dt']:.4g} s; inlet velocities {', '.join(f'{u:.4g}' for u in s['velocities'])} m/s\n"
           f"  time      mesh {s['mesh_seconds']:.1f} s, flow {s['flow_seconds']:.1f} s, "
           f"solver {s['solver_seconds_per_step']:.3f} s/step, total {s['total_seconds']:.1f} s")
+    return 0
+
+
+def _run_openfoam(args) -> int:
+    """``--solver openfoam``: see :func:`meshgnn.generate.openfoam.run_openfoam_dataset`."""
+    from ..generate.openfoam import run_openfoam_dataset
+
+    lo, hi = args.velocity_range
+    n = args.trajectories
+    velocities = [lo + (hi - lo) * i / (n - 1) for i in range(n)] if n > 1 else [0.5 * (lo + hi)]
+    out = run_openfoam_dataset(args.out, nodes=args.nodes, trajectories=n, steps=args.steps, velocities=velocities,
+                               parallel=args.parallel, workdir=args.workdir, keep=args.keep, progress=not args.quiet)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
