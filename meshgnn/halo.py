@@ -31,7 +31,7 @@ output — the autograd engine runs the backward exchanges in the same order on 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -116,7 +116,8 @@ class StarForest:
             parts: decomposition ``Part``s — all of them or just this rank's (others are ignored). Each needs
                 ``part_id``, ``nodes`` (global ids, core first), ``n_core``, ``hop`` (if ``depth``) and
                 ``owner_of`` (owning part of every local row), or pass ``owner``.
-            part_to_rank: ``(num_parts,)`` rank holding each part (e.g. :func:`block_assignment`).
+            part_to_rank: ``(num_parts,)`` rank holding each part (e.g. :func:`block_assignment`), or a
+                ``{part: rank}`` mapping covering every part.
             rank: this rank; default ``dist.rank`` (or the ``torch.distributed`` rank, or 0).
             dist: a :class:`meshgnn.distributed.Dist` (size, comm device); default: the initialised
                 ``torch.distributed`` group if any, else a single process.
@@ -127,7 +128,7 @@ class StarForest:
         size, device = _world(dist)
         if rank is None:
             rank = dist.rank if dist is not None else _td_rank()
-        part_to_rank = np.asarray(part_to_rank, dtype=np.int64)
+        part_to_rank = _as_rank_array(part_to_rank)
         if part_to_rank.size and (part_to_rank.min() < 0 or part_to_rank.max() >= size):
             raise MeshgnnError(f"part_to_rank: ranks must lie in [0, {size}) for a job of {size} rank(s), "
                                f"got [{part_to_rank.min()}, {part_to_rank.max()}]")
@@ -287,6 +288,18 @@ def _world(dist) -> tuple[int, torch.device]:
 def _td_rank() -> int:
     import torch.distributed as td
     return td.get_rank() if td.is_available() and td.is_initialized() else 0
+
+
+def _as_rank_array(part_to_rank) -> np.ndarray:
+    """``(num_parts,) int64`` from a sequence/array or a ``{part: rank}`` mapping (-1 for unlisted parts)."""
+    if isinstance(part_to_rank, Mapping):
+        out = np.full(max(map(int, part_to_rank), default=-1) + 1, -1, dtype=np.int64)
+        for p, r in part_to_rank.items():
+            out[int(p)] = int(r)
+        if np.any(out < 0):
+            raise MeshgnnError(f"part_to_rank: parts {np.nonzero(out < 0)[0].tolist()[:5]} have no rank")
+        return out
+    return np.asarray(part_to_rank, dtype=np.int64).reshape(-1)
 
 
 def _checked_id(part, part_to_rank) -> int:

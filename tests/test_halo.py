@@ -88,6 +88,8 @@ def test_owner_array_instead_of_owner_of(graph):
     assert torch.equal(a.local_leaf, b.local_leaf) and torch.equal(a.local_root, b.local_root)
     with pytest.raises(MeshgnnError, match="owner"):
         StarForest.from_parts(bare, np.zeros(4, np.int64), 0)
+    c = StarForest.from_parts(parts, {p: 0 for p in range(4)}, 0)  # a {part: rank} mapping works too
+    assert torch.equal(a.local_root, c.local_root)
 
 
 def test_bad_inputs_are_refused(graph):
