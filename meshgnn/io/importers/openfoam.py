@@ -79,20 +79,44 @@ def _internal(block, case: Path, t: float):
     return block["internalMesh"]
 
 
+def merge_coincident(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge points with identical coordinates (copies on processor boundaries of a decomposed case).
+
+    Returns ``(merged points (M, 3), merge (N,) -> merged id)``, merged ids in order of first occurrence.
+    """
+    _, first, inverse = np.unique(points, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return points[first[order]], rank[inverse.ravel()]
+
+
+def average_merged(values: np.ndarray, merge: np.ndarray, m: int) -> np.ndarray:
+    """Mean of the copies of each merged point: ``(N, ...)`` -> ``(M, ...)``."""
+    flat = values.reshape(len(values), -1).astype(np.float64)
+    out = np.zeros((m, flat.shape[1]))
+    np.add.at(out, merge, flat)
+    out /= np.bincount(merge, minlength=m)[:, None]
+    return out.reshape((m,) + values.shape[1:])
+
+
+def _boundary_patches(block):
+    """``(name, patch)`` of the physical boundary patches (processor patches skipped)."""
+    if "boundary" not in block.keys() or block["boundary"] is None:
+        return []
+    b = block["boundary"]
+    return [(name, b[name]) for name in b.keys()
+            if b[name] is not None and b[name].n_points and not name.startswith("procBoundary")]
+
+
 def _patch_point_groups(block, points: np.ndarray, case: Path) -> dict[str, np.ndarray]:
     """``{patch: node ids}``: patch points matched to internal-mesh points by coordinates."""
     from scipy.spatial import cKDTree
 
-    if "boundary" not in block.keys() or block["boundary"] is None:
-        return {}
     tree = cKDTree(points)
     tol = 1e-9 * float(np.ptp(points, axis=0).max() or 1.0)
     groups = {}
-    boundary = block["boundary"]
-    for name in boundary.keys():
-        patch = boundary[name]
-        if patch is None or patch.n_points == 0:
-            continue
+    for name, patch in _boundary_patches(block):
         d, ids = tree.query(np.asarray(patch.points, dtype=np.float64))
         if d.max() > tol:
             raise InputError(case, f"patch {name}", f"{int((d > tol).sum())} patch points are not mesh points")
@@ -105,12 +129,9 @@ def _patch_faces(block, points: np.ndarray, case: Path) -> dict[str, np.ndarray]
     from scipy.spatial import cKDTree
 
     out = {}
-    if "boundary" not in block.keys() or block["boundary"] is None:
-        return out
     tree = cKDTree(points)
-    for name in block["boundary"].keys():
-        patch = block["boundary"][name]
-        if patch is None or patch.n_cells == 0:
+    for name, patch in _boundary_patches(block):
+        if patch.n_cells == 0:
             continue
         _, ids = tree.query(np.asarray(patch.points, dtype=np.float64))
         faces = []
@@ -189,6 +210,13 @@ def read_openfoam(source: str, cell_data: bool = False) -> Series:
     points = np.asarray(grid.points, dtype=np.float64)
     cells = vtk_cells(grid, case)
     notes = [f"case type {reader.case_type}, {len(times)} time folders"]
+    merge = None
+    if reader.case_type == "decomposed":
+        raw = len(points)
+        points, merge = merge_coincident(points)
+        cells = {t: merge[c] for t, c in cells.items()}
+        notes.append(f"decomposed case: {raw - len(points)} processor-boundary point copies merged (point values "
+                     f"averaged; reconstructPar gives the exact ones)")
     if cell_data:
         pairs, bfaces, bcell = cell_adjacency(cells)
         groups = _cell_groups(_patch_faces(block0, points, case), bfaces, bcell, case)
@@ -210,7 +238,10 @@ def read_openfoam(source: str, cell_data: bool = False) -> Series:
             if n != n_expected:
                 raise InputError(case, f"time {t:g}", f"{n} {'cells' if cell_data else 'points'}, step 0 has "
                                  f"{n_expected} (moving or changing meshes are not supported)")
-            return {name: np.asarray(data[name]) for name in data.keys() if not name.startswith("vtk")}
+            fields = {name: np.asarray(data[name]) for name in data.keys() if not name.startswith("vtk")}
+            if merge is not None and not cell_data:
+                fields = {name: average_merged(v, merge, len(points)) for name, v in fields.items()}
+            return fields
         return load
 
     frames = [Frame(t, str(case / _time_name(case, t)), loader(k, t)) for k, t in enumerate(times)]
