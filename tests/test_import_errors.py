@@ -221,3 +221,11 @@ def test_console_script_prints_no_traceback(tmp_path, mesh):
     assert len(errors) == 1 and "s_1.vtu: p:" in errors[0] and "first: node 3" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
+
+
+def test_static_field_missing_in_second_source(tmp_path, capsys, mesh):
+    pts, tets = mesh
+    with_k = [dict(s, k=1 + pts[:, 0]) for s in good_steps(pts)]
+    a = write_series(tmp_path / "a", pts, tets, with_k)
+    b = write_series(tmp_path / "b", pts, tets, good_steps(pts))
+    expect_error(capsys, tmp_path, [a, b], "--static", "k", contains=("b/s_0.vtu", ": k: ", "missing"))

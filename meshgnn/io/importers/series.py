@@ -194,9 +194,12 @@ def describe(series: Series, cells, dropped, state, static, first, node_type, na
              + ", ".join(f"{len(c)} {t}" for t, c in cells.items())
              + (f" (boundary blocks used for labels only: {', '.join(f'{n} {t}' for t, n in dropped.items())})"
                 if dropped else "")]
+    n, t = len(series.points), len(times)
     for role, names_ in (("state", state), ("static", static)):
         for f in names_:
-            lines.append(f"  {role:6s} {f}: {first[f].shape[1]} component(s)")
+            c = first[f].shape[1] if f in first else "?"
+            shape = f"(T, N, C) = ({t}, {n}, {c})" if role == "state" else f"(N, C) = ({n}, {c})"
+            lines.append(f"  {role:6s} {f}: {c} component(s), {shape}")
     t0, t1 = (times[0], times[-1]) if len(times) else (None, None)
     lines.append(f"  time steps: {len(times)}" + (f", t = {t0:.6g} .. {t1:.6g}, dt = {dt:.6g}" if dt else ""))
     counts = np.bincount(node_type.astype(np.int64), minlength=len(names))
@@ -306,9 +309,15 @@ def _write_trajectory(w, s: Series, tid, params, times, specs, keep) -> None:
     n = len(s.points)
     first = s.first()
     comps = {sp.name: sp.components for sp in specs}
-    static = {sp.name: _take(first[sp.name], keep).astype(np.float32) for sp in specs if sp.role == "static"}
-    for name, v in static.items():
-        validate.check_finite(v, s.frames[0].source, name, times[0], 0)
+    static = {}
+    for sp in specs:
+        if sp.role == "static":
+            if sp.name not in first:
+                raise InputError(s.frames[0].source, sp.name, "static field missing in step 0")
+            v = first[sp.name]
+            validate.check_shape(v, s.frames[0].source, sp.name, n, comps[sp.name], times[0], 0)
+            validate.check_finite(v, s.frames[0].source, sp.name, times[0], 0)
+            static[sp.name] = _take(v, keep).astype(np.float32)
     w.add_trajectory(tid, len(s.frames), parameters=params, static=static)
     for k, (frame, t) in enumerate(zip(s.frames, times)):
         data = first if k == 0 else as_columns(frame.load())
