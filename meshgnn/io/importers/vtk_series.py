@@ -20,8 +20,10 @@ VTK_SUFFIXES = (".vtu", ".vtk", ".vtp")
 # VTK cell type id -> meshio/meshgnn cell name.
 VTK_CELL_NAMES = {1: "vertex", 3: "line", 5: "triangle", 9: "quad", 10: "tetra", 12: "hexahedron", 13: "wedge",
                   14: "pyramid"}
-VTK_UNSUPPORTED = {2: "poly_vertex", 4: "poly_line", 6: "triangle_strip", 7: "polygon", 8: "pixel", 11: "voxel",
-                   24: "tetra10", 25: "hexahedron20", 42: "polyhedron"}
+# Axis-aligned VTK types stored as their general cousins (vertex order permuted).
+VTK_RENAMED = {8: ("quad", (0, 1, 3, 2)), 11: ("hexahedron", (0, 1, 3, 2, 4, 5, 7, 6))}
+VTK_UNSUPPORTED = {2: "poly_vertex", 4: "poly_line", 6: "triangle_strip", 7: "polygon", 24: "tetra10",
+                   25: "hexahedron20", 42: "polyhedron"}
 
 
 def expand_files(source: str, suffixes) -> list[Path]:
@@ -86,14 +88,19 @@ def _vtk_grid(path: Path):
 
 def vtk_cells(grid, path: Path) -> dict[str, np.ndarray]:
     """``{cell name: (M, k) int64}`` of a VTK unstructured grid; unsupported types are an error."""
-    cells = {}
+    cells: dict[str, np.ndarray] = {}
     for vtk_type, conn in grid.cells_dict.items():
-        vtk_type = int(vtk_type)
-        if vtk_type not in VTK_CELL_NAMES:
+        vtk_type, conn = int(vtk_type), np.asarray(conn, dtype=np.int64)
+        if vtk_type in VTK_RENAMED:
+            name, order = VTK_RENAMED[vtk_type]
+            conn = conn[:, list(order)]
+        elif vtk_type in VTK_CELL_NAMES:
+            name = VTK_CELL_NAMES[vtk_type]
+        else:
             name = VTK_UNSUPPORTED.get(vtk_type, f"VTK type {vtk_type}")
             raise InputError(path, f"cells/{name}", "unsupported cell type (supported: linear tetra, hexahedron, "
                              "wedge, pyramid, triangle, quad)")
-        cells[VTK_CELL_NAMES[vtk_type]] = np.asarray(conn, dtype=np.int64)
+        cells[name] = np.concatenate([cells[name], conn]) if name in cells else conn
     return cells
 
 
