@@ -252,25 +252,8 @@ def import_series(sources, out, options: ImportOptions, parameters=None, traject
     node_type, type_names, label_field, chosen = resolve_node_types(ref, options, list(NODE_TYPES))
     state, static = select_fields(ref, options, label_field)
     first = ref.first()
-    unref = validate.unreferenced_nodes(len(ref.points), cells)
-    if len(unref) and not options.drop_unreferenced:
-        raise InputError(ref.source, "cells", f"{len(unref)} nodes are used by no cell (first: node {unref[0]}); "
-                         f"pass --drop-unreferenced to drop them")
-    keep = None
-    if len(unref):
-        keep = np.setdiff1d(np.arange(len(ref.points)), unref)
-        renum = np.full(len(ref.points), -1, dtype=np.int64)
-        renum[keep] = np.arange(len(keep))
-        cells = {t: renum[c] for t, c in cells.items()}
-    timings = []
-    for s in series:
-        t, dt = validate.check_times([f.time for f in s.frames], s.source, options.dt)
-        timings.append((t, dt))
-    dts = [dt for _, dt in timings if dt is not None]
-    if dts and max(dts) - min(dts) > 1e-6 * max(dts):
-        raise InputError(series[dts.index(max(dts))].source, "time", f"time step {max(dts):.6g} differs from "
-                         f"{min(dts):.6g} of another source (one dataset has one dt)")
-    dt = dts[0] if dts else (options.dt or 1.0)
+    unref, keep, cells = _drop_unreferenced(ref, cells, options.drop_unreferenced)
+    timings, dt = _times(series, options.dt)
     for s, (t, _) in zip(series, timings):
         for line in describe(s, cells, dropped, state, static, s.first(),
                              node_type if keep is None else node_type[keep], type_names,
@@ -302,6 +285,30 @@ def import_series(sources, out, options: ImportOptions, parameters=None, traject
         bar.close()
     report(f"wrote {out}: {len(series)} trajectories, {total} steps, {len(points)} nodes")
     return out
+
+
+def _drop_unreferenced(ref: Series, cells, drop: bool):
+    """Nodes no cell uses: an error, or (``drop``) ``(unreferenced ids, kept ids, renumbered cells)``."""
+    unref = validate.unreferenced_nodes(len(ref.points), cells)
+    if not len(unref):
+        return unref, None, cells
+    if not drop:
+        raise InputError(ref.source, "cells", f"{len(unref)} nodes are used by no cell (first: node {unref[0]}); "
+                         f"pass --drop-unreferenced to drop them")
+    keep = np.setdiff1d(np.arange(len(ref.points)), unref)
+    renum = np.full(len(ref.points), -1, dtype=np.int64)
+    renum[keep] = np.arange(len(keep))
+    return unref, keep, {t: renum[c] for t, c in cells.items()}
+
+
+def _times(series: list[Series], dt_override: float | None):
+    """Checked times of every series and the dataset's common dt."""
+    timings = [validate.check_times([f.time for f in s.frames], s.source, dt_override) for s in series]
+    dts = [dt for _, dt in timings if dt is not None]
+    if dts and max(dts) - min(dts) > 1e-6 * max(dts):
+        raise InputError(series[dts.index(max(dts))].source, "time", f"time step {max(dts):.6g} differs from "
+                         f"{min(dts):.6g} of another source (one dataset has one dt)")
+    return timings, (dts[0] if dts else (dt_override or 1.0))
 
 
 def _write_trajectory(w, s: Series, tid, params, times, specs, keep) -> None:
