@@ -204,15 +204,15 @@ class StarForest:
         return t if t.device == device else t.to(device)
 
     def bcast_flat_(self, x: torch.Tensor) -> torch.Tensor:
-        """In-place :meth:`bcast_flat` without autograd (rollout under ``no_grad``): overwrites the leaf rows of
-        ``x`` and returns it. Per-part views from ``sf.split(x)`` see the refreshed halos, and no copy of the
-        whole buffer is made."""
+        """In-place :meth:`bcast_flat`: overwrites the leaf rows of ``x`` and returns ``x``; no copy of the
+        whole buffer (which costs more than the exchange itself on large buffers, see benchmarks/RESULTS.md).
+
+        Differentiable like :meth:`bcast_flat` (backward: reduce) through autograd's in-place rules: ``x`` must
+        not be a leaf that requires grad, nor a tensor some op saved for its backward (autograd then raises).
+        Per-part views from ``sf.split(x)`` see the refreshed halos.
+        """
         self._check_flat(x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("bcast_flat_ is not differentiable; use bcast_flat (or torch.no_grad())")
-        with torch.no_grad():
-            self._bcast_into(x, x)
-        return x
+        return _BcastInPlace.apply(x, self)
 
     def _bcast_raw(self, x: torch.Tensor) -> torch.Tensor:
         y = x.clone()
@@ -256,6 +256,19 @@ class _Bcast(torch.autograd.Function):
     def forward(ctx, x, sf):
         ctx.sf = sf
         return sf._bcast_raw(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Reduce.apply(grad, ctx.sf), None
+
+
+class _BcastInPlace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, sf):
+        ctx.sf = sf
+        sf._bcast_into(x, x)
+        ctx.mark_dirty(x)
+        return x
 
     @staticmethod
     def backward(ctx, grad):

@@ -137,5 +137,10 @@ def test_in_place_bcast_matches_out_of_place(forest):
     views = sf.split(flat)
     assert sf.bcast_flat_(flat) is flat
     assert torch.equal(flat, want) and torch.equal(views[1], sf.split(want)[1])
-    with pytest.raises(RuntimeError, match="not differentiable"):
-        sf.bcast_flat_(torch.zeros(sf.num_rows, 1, requires_grad=True))
+    x = torch.randn(sf.num_rows, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: sf.bcast_flat_(t * 1.0), (x,), fast_mode=True)
+    g = torch.randn(sf.num_rows, 2, dtype=torch.float64)
+    (sf.bcast_flat_(x * 1.0) * g).sum().backward()
+    assert torch.allclose(x.grad, sf.reduce_flat(g))
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        sf.bcast_flat_(x)

@@ -107,9 +107,11 @@ def check_per_layer(sf, local, ei, xg, w, num_rounds=3):
     return worst_ok, worst_stale
 
 
-def check_gradients(sf, local, ei, n, xg, w0, dist, num_rounds=3):
+def check_gradients(sf, local, ei, n, xg, w0, dist, num_rounds=3, exchange=None):
     """d(loss)/dW summed over ranks and d(loss)/dx on owned rows equal the whole-graph gradients;
-    ghost rows of the input get zero gradient (bcast's backward moves it to the owner)."""
+    ghost rows of the input get zero gradient (bcast's backward moves it to the owner).
+    ``exchange``: ``sf.bcast_flat`` (default) or the in-place ``sf.bcast_flat_``."""
+    exchange = exchange or sf.bcast_flat
     s, r = torch.as_tensor(ei[0]), torch.as_tensor(ei[1])
     target = torch.sin(torch.arange(n * F, dtype=torch.float64)).reshape(n, F)
     w_ref = w0.clone().requires_grad_(True)
@@ -120,7 +122,7 @@ def check_gradients(sf, local, ei, n, xg, w0, dist, num_rounds=3):
     xs = [xg[torch.as_tensor(p.nodes)].clone().requires_grad_(True) for p in local]
     flat_s = torch.cat([torch.as_tensor(p.edge_index[0]) + int(o) for p, o in zip(local, sf.offsets)])
     flat_r = torch.cat([torch.as_tensor(p.edge_index[1]) + int(o) for p, o in zip(local, sf.offsets)])
-    out = sf.split(rounds(sf.cat(xs), flat_s, flat_r, w, num_rounds, exchange=sf.bcast_flat))
+    out = sf.split(rounds(sf.cat(xs), flat_s, flat_r, w, num_rounds, exchange=exchange))
     loss = sum(((o[: p.n_core] - target[torch.as_tensor(p.core)]) ** 2).sum() for p, o in zip(local, out)) / n
     loss.backward()
     dist.allreduce_grads([w])
@@ -153,6 +155,7 @@ def check_all(dist, side=7, nparts=4):
         if halo == 1:
             report["per_layer"] = check_per_layer(sf, local, ei, xg, w0)
             check_gradients(sf, local, ei, n, xg, w0, dist)
+            check_gradients(sf, local, ei, n, xg, w0, dist, exchange=sf.bcast_flat_)
         report[f"remote_leaves_h{halo}"] = sf.num_remote_leaves
     return report
 
