@@ -23,12 +23,14 @@ def one_size(nodes: int, steps: int, direct_max: int) -> dict:
     from meshgnn.generate.column import FRONT_TRAVEL, GenerateConfig, trajectory_velocities
     from meshgnn.generate.geometry import INLET, OUTLET, mesh_column, place_packing
     from meshgnn.generate.solver import (P1Space, UptakeParameters, front_speed, low_order_operator,
-                                         simulate_uptake, solve_flow, substeps_for)
+                                         limit_blas_threads, simulate_uptake, solve_flow,
+                                         substeps_for)
     from meshgnn.graph import edges_from_cells
 
+    limit_blas_threads(1)
     cfg = GenerateConfig(nodes=nodes)
     geom = place_packing(cfg.seed, cfg.radius, cfg.height, cfg.packing)
-    mesh = mesh_column(geom, nodes)
+    mesh = mesh_column(geom, nodes, threads=1 if nodes < 200_000 else 2)
     n = mesh.points.shape[0]
     t0 = time.perf_counter()
     edges = edges_from_cells({"tetra": mesh.tets}, n)

@@ -57,9 +57,10 @@ def generate_dataset(out, cfg: GenerateConfig, progress: bool = True, extra_prov
     from ..graph import edges_from_cells
     from .geometry import INLET, OUTLET, mesh_column, place_packing
     from .solver import (P1Space, UptakeParameters, front_speed, low_order_operator, simulate_uptake,
-                         solve_flow, substeps_for)
+                         limit_blas_threads, solve_flow, substeps_for)
 
     t_start = time.perf_counter()
+    limit_blas_threads(1)
     geom = place_packing(cfg.seed, cfg.radius, cfg.height, cfg.packing)
     threads = cfg.threads or (1 if cfg.nodes < AUTO_THREADS_NODES else 2)
     mesh = mesh_column(geom, cfg.nodes, threads=threads)

@@ -30,7 +30,39 @@ from ..errors import MeshgnnError
 
 # Local (row, col) pairs of the 4x4 element matrix, flattened.
 _PAIRS = np.array([(a, b) for a in range(4) for b in range(4)], dtype=np.int64)
+_UPPER = _PAIRS[_PAIRS[:, 0] < _PAIRS[:, 1]]                                   # the 6 tet edges, a < b
+_DIAG_SLOTS = np.flatnonzero(_PAIRS[:, 0] == _PAIRS[:, 1])
+_UPPER_SLOTS = np.flatnonzero(_PAIRS[:, 0] < _PAIRS[:, 1])
+_LOWER_SLOTS = np.array([4 * b + a for a, b in _UPPER])                         # (b, a) of each upper (a, b)
 TET_CHUNK = 1 << 20
+
+
+def limit_blas_threads(threads: int = 1) -> bool:
+    """Set the thread count of the OpenBLAS copies numpy/scipy loaded (ctypes; no-op where not found).
+
+    The iterative solvers' vector operations are memory bound; threaded BLAS dot products on a shared, busy
+    machine spin and slowed CG ~3x in measurements. Returns whether any library was set.
+    """
+    import ctypes
+
+    done = False
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return False
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                getattr(lib, name)(ctypes.c_int(threads))
+                done = True
+                break
+    return done
 
 
 def tet_geometry(points: np.ndarray, tets: np.ndarray):
@@ -50,6 +82,9 @@ def tet_geometry(points: np.ndarray, tets: np.ndarray):
 class P1Space:
     """CSR sparsity pattern (mesh edges + diagonal) and streaming element assembly.
 
+    Each tetrahedron's 6 upper-triangle entries are located in the pattern once (a CSR lookup in C) and kept as
+    ``tet_edge_pos`` (M, 6); lower entries follow from the transpose permutation, diagonals from ``diag``.
+
     Args:
         points: (N, 3) float64.  tets: (M, 4) int64.  edge_index: (2, E) receiver-sorted mesh edges.
     """
@@ -60,40 +95,62 @@ class P1Space:
         diag = np.arange(n, dtype=np.int64)
         keys = np.concatenate([edge_index[1] * n + edge_index[0], diag * n + diag])
         keys.sort()
-        self.keys = keys
         self.indices = keys % n
-        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(keys // n, minlength=n))])
+        rows = keys // n
+        del keys
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+        pos_type = np.int32 if self.nnz < 2**31 else np.int64
+        # a CSR matrix whose values are the data positions: lookups by (row, col) run in scipy's C code
+        self._lookup = sp.csr_array((np.arange(self.nnz, dtype=np.float64), self.indices, self.indptr),
+                                    shape=(n, n))
+        self._lookup.has_sorted_indices = True
         self.diag = self.position(diag, diag)
-        self.transpose = self.position(self.indices, keys // n)
+        step = 8 * self.chunk
+        self.transpose = np.concatenate([self.position(self.indices[lo:lo + step], rows[lo:lo + step])
+                                         for lo in range(0, self.nnz, step)])
+        del rows
+        self.tet_edge_pos = np.empty((tets.shape[0], 6), dtype=pos_type)
         self.mass = np.zeros(n)                        # lumped mass: sum of V/4 over adjacent tets
         for lo, hi in self._chunks():
-            vol, _ = tet_geometry(points, tets[lo:hi])
-            self.mass += np.bincount(tets[lo:hi].ravel(), np.repeat(vol / 4.0, 4), minlength=n)
+            t = tets[lo:hi]
+            self.tet_edge_pos[lo:hi] = self.position(t[:, _UPPER[:, 0]], t[:, _UPPER[:, 1]])
+            vol, _ = tet_geometry(points, t)
+            self.mass += np.bincount(t.ravel(), np.repeat(vol / 4.0, 4), minlength=n)
 
     @property
     def nnz(self) -> int:
-        return self.keys.size
+        return self.indices.size
 
     def _chunks(self):
         m = self.tets.shape[0]
         return [(lo, min(lo + self.chunk, m)) for lo in range(0, m, self.chunk)]
 
     def position(self, rows, cols) -> np.ndarray:
-        """CSR data positions of entries (rows, cols) (all must be in the pattern)."""
-        return np.searchsorted(self.keys, rows * self.num_nodes + cols)
+        """CSR data positions of entries (rows, cols) (all must be in the pattern), shaped like ``rows``."""
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        found = self._lookup[rows.ravel(), cols.ravel()]
+        return np.asarray(found, dtype=np.int64).reshape(rows.shape)
 
     def matrix(self, data) -> sp.csr_matrix:
         n = self.num_nodes
         return sp.csr_matrix((data, self.indices, self.indptr), shape=(n, n))
 
+    def _element_positions(self, lo: int, hi: int) -> np.ndarray:
+        """(m, 16) data positions of the element matrix entries, in ``_PAIRS`` order."""
+        upper = self.tet_edge_pos[lo:hi].astype(np.int64)
+        pos = np.empty((hi - lo, 16), dtype=np.int64)
+        pos[:, _DIAG_SLOTS] = self.diag[self.tets[lo:hi]]
+        pos[:, _UPPER_SLOTS] = upper
+        pos[:, _LOWER_SLOTS] = self.transpose[upper]
+        return pos
+
     def assemble(self, element_matrix) -> np.ndarray:
         """CSR data of ``sum_e A_e`` for ``element_matrix(lo, hi, vol, grads) -> (m, 4, 4)``."""
         data = np.zeros(self.nnz)
         for lo, hi in self._chunks():
-            t = self.tets[lo:hi]
-            vol, grads = tet_geometry(self.points, t)
+            vol, grads = tet_geometry(self.points, self.tets[lo:hi])
             values = element_matrix(lo, hi, vol, grads).reshape(-1, 16)
-            pos = self.position(t[:, _PAIRS[:, 0]], t[:, _PAIRS[:, 1]])
+            pos = self._element_positions(lo, hi)
             data += np.bincount(pos.ravel(), values.ravel(), minlength=self.nnz)
         return data
 
