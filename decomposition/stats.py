@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .csr import check_edge_index
+from .csr import check_edge_index, sorted_unique
 
 
 def edge_cut(edge_index, owner) -> int:
@@ -13,7 +13,7 @@ def edge_cut(edge_index, owner) -> int:
     cut = owner[s] != owner[r]
     s, r = s[cut], r[cut]
     n = np.int64(owner.size)
-    return int(np.unique(np.minimum(s, r) * n + np.maximum(s, r)).size)
+    return int(sorted_unique(np.minimum(s, r) * n + np.maximum(s, r)).size)
 
 
 def partition_stats(parts, edge_index, num_nodes: int, owner, num_edges: int | None = None) -> dict:

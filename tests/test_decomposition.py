@@ -274,3 +274,12 @@ def test_part_dataclass_views():
              np.array([3, 3, 0], np.int32), halo=1)
     assert p.num_nodes == 3 and p.n_halo == 1 and list(p.core) == [5, 7] and p.num_edges == 0
     assert list(p.exact_mask(1)) == [True, True, False]
+
+
+def test_sorted_unique_matches_numpy():
+    from decomposition.csr import sorted_unique
+
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 1000):
+        x = rng.integers(-5, 50, size)
+        assert np.array_equal(sorted_unique(x), np.unique(x))
