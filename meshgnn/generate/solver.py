@@ -109,6 +109,7 @@ class P1Space:
         self.transpose = np.concatenate([self.position(self.indices[lo:lo + step], rows[lo:lo + step])
                                          for lo in range(0, self.nnz, step)])
         del rows
+        self._stiffness = None
         self.tet_edge_pos = np.empty((tets.shape[0], 6), dtype=pos_type)
         self.mass = np.zeros(n)                        # lumped mass: sum of V/4 over adjacent tets
         for lo, hi in self._chunks():
@@ -155,8 +156,11 @@ class P1Space:
         return data
 
     def stiffness(self) -> np.ndarray:
-        """CSR data of the Laplacian stiffness ``K_ij = int grad N_i . grad N_j``."""
-        return self.assemble(lambda lo, hi, vol, g: vol[:, None, None] * np.einsum("mak,mbk->mab", g, g))
+        """CSR data of the Laplacian stiffness ``K_ij = int grad N_i . grad N_j`` (assembled once, cached)."""
+        if self._stiffness is None:
+            self._stiffness = self.assemble(lambda lo, hi, vol, g: vol[:, None, None]
+                                            * np.einsum("mak,mbk->mab", g, g))
+        return self._stiffness
 
 
 @dataclass
@@ -247,7 +251,7 @@ def low_order_operator(space: P1Space, flow: Flow, p: UptakeParameters) -> np.nd
     """CSR data of ``L`` with ``M dc/dt = L c``: ``-U C - D K`` plus Kuzmin's discrete upwinding diffusion."""
     k = -p.inlet_velocity * flow.convection
     if p.dispersion:
-        k = k - p.dispersion * _cached_stiffness(space)
+        k = k - p.dispersion * space.stiffness()
     off = np.ones(space.nnz, dtype=bool)
     off[space.diag] = False
     d = np.maximum(0.0, np.maximum(-k, -k[space.transpose]))
@@ -256,12 +260,6 @@ def low_order_operator(space: P1Space, flow: Flow, p: UptakeParameters) -> np.nd
     rowsum_d = np.add.reduceat(d, space.indptr[:-1]) if space.nnz else d
     lo[space.diag] -= rowsum_d
     return lo
-
-
-def _cached_stiffness(space: P1Space) -> np.ndarray:
-    if getattr(space, "_stiffness", None) is None:
-        space._stiffness = space.stiffness()
-    return space._stiffness
 
 
 def substeps_for(space: P1Space, operator: np.ndarray, dt: float, courant: float, rate: float = 0.0,
