@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass, field
 import json
 import tomllib
 import typing
@@ -80,3 +81,61 @@ def resolve(cls, args: argparse.Namespace, **extra):
             values[name] = v
     values.update(extra)
     return cls(**values)
+
+
+# ----------------------------------------------------------------------------- the run configurations
+@dataclass
+class TrainConfig:
+    dataset: str = field(default="", metadata={"cli": False})
+    out: str = field(default="runs/train", metadata={"help": "output folder (checkpoints, logs)"})
+    steps: int = field(default=2000, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"help": "initial learning rate (Adam)"})
+    lr_final: float = field(default=1e-5, metadata={"help": "learning rate reached at the last step (exponential decay)"})
+    latent: int = field(default=128, metadata={"help": "latent size H"})
+    layers: int = field(default=15, metadata={"help": "message-passing layers L"})
+    hidden_layers: int = field(default=2, metadata={"help": "hidden layers per MLP"})
+    integrator: str = field(default="euler", metadata={"help": "euler|heun|midpoint|heun3|ssprk3|rk4 or a tableau JSON"})
+    noise_std: list[float] = field(default_factory=lambda: [0.0],
+                                   metadata={"help": "training noise std per state component, in units of the "
+                                                     "field's std over the data (one value: all)"})
+    noise_gamma: float = field(default=1.0, metadata={"help": "noise target correction gamma (1 for CFD)"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation, sampling and noise"})
+    parts: str = field(default="", metadata={"help": "part store (from `meshgnn partition`); empty: whole graph"})
+    sample_parts: int = field(default=0, metadata={"help": "train on this many random parts per step (0: all)"})
+    allow_inexact: bool = field(default=False, metadata={"help": "accept a halo shallower than layers x stages"})
+    halo_mode: str = field(default="lhop", metadata={"help": "lhop (communication-free) or per-layer (1-hop "
+                                                             "halo refreshed before each layer)",
+                                                     "choices": ["lhop", "per-layer"]})
+    checkpoint_layers: bool = field(default=False, metadata={"help": "activation checkpointing per processor layer"})
+    checkpoint_stages: bool = field(default=False, metadata={"help": "recompute integrator stages in backward"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (fp32 master weights)"})
+    dtype: str = field(default="float32", metadata={"help": "parameter dtype", "choices": ["float32", "float64"]})
+    freeze_normalizers_after: int = field(default=1000, metadata={"help": "normalizer accumulations before freezing"})
+    val_trajectories: list[str] = field(default_factory=list,
+                                        metadata={"help": "held-out trajectories (default: the last one)"})
+    checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "steps between log lines"})
+    resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoint.pt"})
+    stop_at: int = field(default=0, metadata={"help": "checkpoint and stop after this step as if preempted "
+                                                      "(staged runs, tests); 0: never"})
+    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock cap: checkpoint and stop after this "
+                                                              "many minutes (0: none)"})
+    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
+    progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
+    max_cache_mb: int = field(default=1024, metadata={"help": "frame cache per rank (MiB)"})
+
+
+@dataclass
+class RolloutConfig:
+    checkpoint: str = field(default="", metadata={"cli": False})
+    dataset: str = field(default="", metadata={"cli": False})
+    out: str = field(default="rollout", metadata={"help": "output folder"})
+    trajectory: str = field(default="", metadata={"help": "trajectory id (default: the first held-out one)"})
+    steps: int = field(default=0, metadata={"help": "steps to roll out (0: the whole trajectory)"})
+    every: int = field(default=1, metadata={"help": "write every K-th step"})
+    formats: list[str] = field(default_factory=lambda: ["pvd"],
+                               metadata={"help": "output formats: pvd (.pvd + .vtu), pvtu (partitioned), vtkhdf"})
+    parts: str = field(default="", metadata={"help": "part store for a partitioned rollout (under mpirun)"})
+    render: bool = field(default=True, metadata={"help": "render a PNG of the first state field at the end"})
+    device: str = field(default="cpu", metadata={"help": "cpu|cuda|auto"})
+    progress: bool = field(default=True, metadata={"help": "progress bar"})

@@ -10,30 +10,14 @@ baseline (no change) beside it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import RolloutConfig
 from .errors import MeshgnnError
 from .train import LocalComm, PatchData, assign_parts
-
-
-@dataclass
-class RolloutConfig:
-    checkpoint: str = field(default="", metadata={"cli": False})
-    dataset: str = field(default="", metadata={"cli": False})
-    out: str = field(default="rollout", metadata={"help": "output folder"})
-    trajectory: str = field(default="", metadata={"help": "trajectory id (default: the first held-out one)"})
-    steps: int = field(default=0, metadata={"help": "steps to roll out (0: the whole trajectory)"})
-    every: int = field(default=1, metadata={"help": "write every K-th step"})
-    formats: list[str] = field(default_factory=lambda: ["pvd"],
-                               metadata={"help": "output formats: pvd (.pvd + .vtu), pvtu (partitioned), vtkhdf"})
-    parts: str = field(default="", metadata={"help": "part store for a partitioned rollout (under mpirun)"})
-    render: bool = field(default=True, metadata={"help": "render a PNG of the first state field at the end"})
-    device: str = field(default="cpu", metadata={"help": "cpu|cuda|auto"})
-    progress: bool = field(default=True, metadata={"help": "progress bar"})
 
 
 def split_fields(y: np.ndarray, names: list[str], comps: list[int]) -> dict:
@@ -70,7 +54,10 @@ class PatchedState:
         """Owned rows of all patches, assembled in global node order on rank 0 (None elsewhere)."""
         if len(self.patches) == 1 and self.patches[0].nodes is None:
             return ys[0].cpu().numpy()
-        pieces = [(p.nodes[: p.tensors.n_core], y[: p.tensors.n_core].cpu().numpy()) for p, y in zip(self.patches, ys)]
+        pieces = []
+        for p, y in zip(self.patches, ys):
+            core = p.tensors.core_mask().cpu()
+            pieces.append((p.nodes[core.numpy()], y[core].cpu().numpy()))
         allp = self.comm.gather_object(pieces)
         if not self.comm.is_root:
             return None
@@ -119,7 +106,7 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         units = {n: layout.units.get(n, "") for n in names}
         units.update({f"{n}_ref": u for n, u in units.items()} | {f"{n}_err": u for n, u in units.items()})
         writer = RolloutWriter(out, ds.points, ds.cells, formats=tuple(cfg.formats), every=cfg.every, units=units,
-                               static_point_data=static_data)
+                               static_point_data=static_data, final_step=steps, keep_last=False)
         fcomp = dict(zip(names, comps))
         tracker = RMSETracker(fcomp, out / "rmse.csv")
         baseline = RMSETracker(fcomp, out / "rmse_persistence.csv")
@@ -146,7 +133,7 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
             persist = np.where(fixed_global[:, None], ref, y0_full)
             baseline.update(k, float(times[k]), split_fields(persist, names, comps), split_fields(ref, names, comps),
                             mask)
-            writer.write_step(k, float(times[k]), _frame_data(pred, ref, names, comps), last=(k == steps))
+            writer.write_step(k, float(times[k]), _frame_data(pred, ref, names, comps))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(s_per_step=f"{t_model / k:.3f}")
@@ -160,11 +147,13 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         result["rmse"] = tracker.summary(steps=(1, 10, 50))
         result["rmse_persistence"] = baseline.summary(steps=(1, 10, 50))
         plot_rmse(out / "rmse.csv", out / "rmse.png", baseline_csv=out / "rmse_persistence.csv")
-        result["pvd"] = str(out / "rollout.pvd")
-        if cfg.render:
+        series = out / ("rollout.pvd" if "pvd" in cfg.formats else "rollout.vtkhdf")
+        if "pvd" in cfg.formats:
+            result["pvd"] = str(series)
+        if cfg.render and series.exists():
             from .render import render_series
             png = out / f"{names[0]}.png"
-            render_series(out / "rollout.pvd", names[0], png, step=-1, compare=True)
+            render_series(series, names[0], png, step=-1, compare=True)
             result["png"] = str(png)
     return result
 

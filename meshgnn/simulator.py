@@ -72,20 +72,38 @@ class PatchTensors:
     edge_features: torch.Tensor   # (E, 4) raw relative positions + norm
     node_type: torch.Tensor       # (n,) int64
     global_ids: torch.Tensor      # (n,) int64
-    n_core: int
+    n_core: int                   # owned rows come first ...
+    core: Optional[torch.Tensor] = None   # ... unless this (n,) bool mask says which rows are owned (a union)
 
     @property
     def num_nodes(self) -> int:
         return self.graph.num_nodes
 
     def core_mask(self) -> torch.Tensor:
+        if self.core is not None:
+            return self.core
         m = torch.zeros(self.num_nodes, dtype=torch.bool, device=self.node_type.device)
         m[: self.n_core] = True
         return m
 
     def to(self, device) -> "PatchTensors":
         return PatchTensors(self.graph.to(device), self.edge_features.to(device), self.node_type.to(device),
-                            self.global_ids.to(device), self.n_core)
+                            self.global_ids.to(device), self.n_core,
+                            None if self.core is None else self.core.to(device))
+
+    @classmethod
+    def union(cls, patches: list["PatchTensors"]) -> "PatchTensors":
+        """The disjoint union of patches (rows end to end, edges offset): one graph for lock-step patches."""
+        from .graph import Graph, rowptr_from_receivers
+
+        offsets = [0]
+        for p in patches:
+            offsets.append(offsets[-1] + p.num_nodes)
+        s = torch.cat([p.graph.senders + o for p, o in zip(patches, offsets)])
+        r = torch.cat([p.graph.receivers + o for p, o in zip(patches, offsets)])   # stays receiver-sorted
+        graph = Graph(s, r, rowptr_from_receivers(r, offsets[-1]), offsets[-1])
+        return cls(graph, torch.cat([p.edge_features for p in patches]), torch.cat([p.node_type for p in patches]),
+                   torch.cat([p.global_ids for p in patches]), -1, torch.cat([p.core_mask() for p in patches]))
 
 
 class Simulator(nn.Module):

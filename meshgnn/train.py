@@ -13,7 +13,7 @@ import os
 import resource
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -23,48 +23,8 @@ import torch
 from .errors import MeshgnnError
 from .features import edge_features
 from .graph import Graph
+from .config import TrainConfig
 from .simulator import FieldLayout, PatchTensors, Simulator, training_noise
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = field(default="", metadata={"cli": False})
-    out: str = field(default="runs/train", metadata={"help": "output folder (checkpoints, logs)"})
-    steps: int = field(default=2000, metadata={"help": "optimizer steps"})
-    lr: float = field(default=1e-3, metadata={"help": "initial learning rate (Adam)"})
-    lr_final: float = field(default=1e-5, metadata={"help": "learning rate reached at the last step (exponential decay)"})
-    latent: int = field(default=128, metadata={"help": "latent size H"})
-    layers: int = field(default=15, metadata={"help": "message-passing layers L"})
-    hidden_layers: int = field(default=2, metadata={"help": "hidden layers per MLP"})
-    integrator: str = field(default="euler", metadata={"help": "euler|heun|midpoint|heun3|ssprk3|rk4 or a tableau JSON"})
-    noise_std: list[float] = field(default_factory=lambda: [0.0],
-                                   metadata={"help": "training noise std per state component, in units of the "
-                                                     "field's std over the data (one value: all)"})
-    noise_gamma: float = field(default=1.0, metadata={"help": "noise target correction gamma (1 for CFD)"})
-    seed: int = field(default=0, metadata={"help": "seed for initialisation, sampling and noise"})
-    parts: str = field(default="", metadata={"help": "part store (from `meshgnn partition`); empty: whole graph"})
-    sample_parts: int = field(default=0, metadata={"help": "train on this many random parts per step (0: all)"})
-    allow_inexact: bool = field(default=False, metadata={"help": "accept a halo shallower than layers x stages"})
-    halo_mode: str = field(default="lhop", metadata={"help": "lhop (communication-free) or per-layer (1-hop "
-                                                             "halo refreshed before each layer)",
-                                                     "choices": ["lhop", "per-layer"]})
-    checkpoint_layers: bool = field(default=False, metadata={"help": "activation checkpointing per processor layer"})
-    checkpoint_stages: bool = field(default=False, metadata={"help": "recompute integrator stages in backward"})
-    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (fp32 master weights)"})
-    dtype: str = field(default="float32", metadata={"help": "parameter dtype", "choices": ["float32", "float64"]})
-    freeze_normalizers_after: int = field(default=1000, metadata={"help": "normalizer accumulations before freezing"})
-    val_trajectories: list[str] = field(default_factory=list,
-                                        metadata={"help": "held-out trajectories (default: the last one)"})
-    checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
-    log_every: int = field(default=10, metadata={"help": "steps between log lines"})
-    resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoint.pt"})
-    stop_at: int = field(default=0, metadata={"help": "checkpoint and stop after this step as if preempted "
-                                                      "(staged runs, tests); 0: never"})
-    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock cap: checkpoint and stop after this "
-                                                              "many minutes (0: none)"})
-    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
-    progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
-    max_cache_mb: int = field(default=1024, metadata={"help": "frame cache per rank (MiB)"})
 
 
 # ------------------------------------------------------------------------------------------------ process comms
@@ -132,6 +92,14 @@ class PatchData:
                          torch.from_numpy(nodes), int(part.n_core))
         return cls(ds, t.to(device), nodes, int(part.part_id), cache_bytes, dtype)
 
+    @classmethod
+    def union(cls, patches: list["PatchData"]) -> "PatchData":
+        """One patch holding several end to end (for lock-step per-layer halo exchange)."""
+        first = patches[0]
+        tens = PatchTensors.union([p.tensors for p in patches])
+        return cls(first.ds, tens, np.concatenate([p.nodes for p in patches]), -1,
+                   sum(p._cache_bytes for p in patches), first.dtype)
+
     def _frame(self, traj, t):
         key = (traj, t)
         if key not in self._cache:
@@ -178,6 +146,7 @@ class Trainer:
         for nz in self.sim.normalizers():   # statistics stay float64
             nz.to(torch.float64)
         self._split_trajectories()
+        self.halo_exchange = None
         self._build_patches()
         self.optimizer = torch.optim.Adam(self.sim.model.parameters(), lr=cfg.lr)
         decay = (cfg.lr_final / cfg.lr) if cfg.lr > 0 else 1.0
@@ -185,7 +154,6 @@ class Trainer:
             self.optimizer, lambda s: decay ** (min(s, cfg.steps) / max(cfg.steps, 1)))
         self.step_index = 0
         self.noise_std = self._noise_std()
-        self.halo_exchange = None
         self.deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
 
     # ---------------------------------------------------------------------------------------------------- set-up
@@ -214,6 +182,7 @@ class Trainer:
             self.parts_of_rank = [[0]]
             self.num_parts = 1
             self.patches = [PatchData.whole(self.ds, self.device, cache, self.dtype)]
+            self.patch_parts = [[0]]
             return
         from decomposition import PartStore
 
@@ -233,8 +202,24 @@ class Trainer:
         if not mine:
             raise MeshgnnError(f"{cfg.parts}: {store.num_parts} parts cannot feed {comm.size} ranks; "
                                f"partition into at least {comm.size} parts")
-        self.patches = [PatchData.from_part(self.ds, store.read(p), self.device, cache // max(len(mine), 1),
-                                            self.dtype) for p in mine]
+        parts = [store.read(p) for p in mine]
+        self.patches = [PatchData.from_part(self.ds, part, self.device, cache // max(len(mine), 1), self.dtype)
+                        for part in parts]
+        self.patch_parts = [[p] for p in mine]
+        if cfg.halo_mode == "per-layer":
+            if cfg.sample_parts:
+                raise MeshgnnError("--sample-parts works with --halo-mode lhop only (per-layer mode runs every "
+                                   "part in lock step)")
+            from .halo import StarForest
+
+            part_to_rank = np.zeros(store.num_parts, dtype=np.int64)
+            for r, ps in enumerate(self.parts_of_rank):
+                part_to_rank[ps] = r
+            self.sf = StarForest.from_parts(parts, part_to_rank, comm.rank, dist=comm if comm.size > 1 else None,
+                                            owner=store.owner, depth=1)
+            self.patches = [PatchData.union(self.patches)]
+            self.patch_parts = [list(mine)]
+            self.halo_exchange = self.sf.bcast_flat
 
     def _noise_std(self) -> torch.Tensor:
         """Noise std per state component: the user's values (relative) times the field's data std at step 0."""
@@ -252,7 +237,7 @@ class Trainer:
         stats = torch.zeros(1 + 2 * C, dtype=torch.float64)
         for p in self.patches:
             for t in sorted({0, T // 2, T - 1}):
-                y = p._frame(traj, t)[: p.tensors.n_core].double().cpu()
+                y = p._frame(traj, t)[p.tensors.core_mask()].double().cpu()
                 stats += torch.cat([y.new_tensor([y.shape[0]]), y.sum(0), (y * y).sum(0)])
         self.comm.allreduce_(stats)
         n = stats[0]
@@ -311,8 +296,8 @@ class Trainer:
     def compute_gradients(self, step: int) -> float:
         """Zero grads, accumulate this rank's patch gradients (no all-reduce). Returns this rank's loss share."""
         traj, t, active = self.sample(step)
-        mine = self.parts_of_rank[self.comm.rank]
-        work = [(p, self._prepare(p, traj, t, step)) for p, pid in zip(self.patches, mine) if pid in active]
+        work = [(p, self._prepare(p, traj, t, step)) for p, pids in zip(self.patches, self.patch_parts)
+                if set(pids) & set(active)]
         self._accumulate_normalizers(work)
         n = torch.tensor([float(sum(int(w["loss_rows"].sum()) for _, w in work))], dtype=torch.float64)
         self.comm.allreduce_(n)

@@ -34,9 +34,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     data = out / "data" / "column.h5"
     if args.regenerate or not data.exists():
-        from ..generate import generate_dataset
+        from ..generate.column import GenerateConfig, generate_dataset
         print(f"[1/3] generating the packed-column dataset -> {data}")
-        generate_dataset(data, nodes=args.nodes, trajectories=args.trajectories, steps=args.steps, seed=args.seed)
+        generate_dataset(data, GenerateConfig(nodes=args.nodes, trajectories=args.trajectories, steps=args.steps,
+                                              seed=args.seed))
     else:
         print(f"[1/3] using the existing dataset {data} (--regenerate to rebuild)")
     print(f"[2/3] training a MeshGraphNet ({args.layers} layers x {args.latent}, {args.integrator}) "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import add_dataclass_arguments, resolve
-from ..rollout import RolloutConfig
+from ..config import RolloutConfig
 
 
 def add_arguments(p):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import add_dataclass_arguments, resolve
-from ..train import TrainConfig
+from ..config import TrainConfig
 
 
 def add_arguments(p):
