@@ -7,21 +7,7 @@ import pytest
 
 from meshgnn.io.dataset import Dataset
 from meshgnn.io.importers import build_options, import_series
-from meshgnn.io.importers.samples import small_imported_dataset
-
-SMALL = dict(steps=3, layers=2, latent=16, hidden_layers=1, progress=False)
-
-
-def train_and_roll_out(dataset, out):
-    """Train a tiny model on ``dataset`` and roll out its held-out trajectory; returns the rollout result."""
-    from meshgnn.config import RolloutConfig
-    from meshgnn.rollout import rollout
-    from meshgnn.train import TrainConfig, train
-
-    res = train(TrainConfig(dataset=str(dataset), out=str(out / "run"), **SMALL))
-    assert np.isfinite(res["loss"])
-    return rollout(RolloutConfig(checkpoint=res["checkpoint"], dataset=str(dataset), out=str(out / "rollout"),
-                                 render=False, progress=False))
+from meshgnn.io.importers.samples import small_imported_dataset, train_and_roll_out
 
 
 @pytest.mark.parametrize("fmt", ["vtu", "pvd-pyvista", "xdmf", "csv"])

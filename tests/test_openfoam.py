@@ -108,6 +108,17 @@ def test_cell_data_import_equals_solver_files(generated, tmp_path):
         assert counts["inlet"] > 0 and counts["obstacle"] > 0
 
 
+def test_openfoam_dataset_trains_and_rolls_out(generated, tmp_path):
+    from meshgnn.io.dataset import Dataset
+    from meshgnn.io.importers.samples import train_and_roll_out
+
+    out, _ = generated
+    ro = train_and_roll_out(out, tmp_path)
+    with Dataset(out) as ds:
+        assert ro["steps"] == ds.num_steps(ro["trajectory"]) - 1
+        assert all(np.isfinite(ro["rmse"][n]["all"]) for n in ds.state_fields)
+
+
 @pytest.mark.slow
 def test_parallel_run_matches_serial(generated, tmp_path):
     """decomposePar (simple) + mpirun -np 2 icoFoam -parallel + reconstructPar gives the serial solution up to

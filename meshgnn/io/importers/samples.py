@@ -158,3 +158,19 @@ def small_imported_dataset(folder, fmt: str = "vtu", steps: int = 4, trajectorie
     out = folder / f"imported_{fmt}.h5"
     import_series([str(s) for s in sources], out, build_options(**opts), report=lambda s: None)
     return out
+
+
+def train_and_roll_out(dataset, out, steps: int = 3) -> dict:
+    """Train a tiny model (2 layers, latent 16) for ``steps`` steps on ``dataset`` and roll out its held-out
+    trajectory into ``out/rollout`` (no picture); returns :func:`meshgnn.rollout.rollout`'s result dict."""
+    from ...config import RolloutConfig
+    from ...rollout import rollout
+    from ...train import TrainConfig, train
+
+    out = Path(out)
+    res = train(TrainConfig(dataset=str(dataset), out=str(out / "run"), steps=steps, layers=2, latent=16,
+                            hidden_layers=1, progress=False))
+    if not np.isfinite(res["loss"]):
+        raise AssertionError(f"training on {dataset} gave a non-finite loss")
+    return rollout(RolloutConfig(checkpoint=res["checkpoint"], dataset=str(dataset), out=str(out / "rollout"),
+                                 render=False, progress=False))
