@@ -1,6 +1,8 @@
 """meshgnn.distributed: launch from MPI, collectives, and a dying rank ending the job (real mpirun processes)."""
 import os
+import re
 import sys
+import time
 
 import pytest
 import torch
@@ -20,13 +22,20 @@ def test_two_ranks_allreduce_and_grad_bucket():
     assert "OK rank 0 size 2 backend gloo" in out and "OK rank 1 size 2 backend gloo" in out, out
 
 
+def seconds_after_failure(out: str) -> float:
+    """Seconds from rank 1's failure (its FAIL_AT stamp) to now (the job's end)."""
+    m = re.search(r"FAIL_AT (\d+\.\d+)", out)
+    assert m, out
+    return time.time() - float(m.group(1))
+
+
 @pytest.mark.parametrize("mode", ["exit0", "raise"])
 def test_dead_rank_ends_job_and_names_rank(mode):
     """rank 1 dies (silent os._exit(0) / exception) before a collective: non-zero exit within 60 s."""
-    proc, seconds = run_mpi("dist_rank_death.py", mode, "60", n=2, timeout=90)
+    proc, _ = run_mpi("dist_rank_death.py", mode, "60", n=2, timeout=150)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert seconds < 60, seconds
+    assert seconds_after_failure(out) < 60, out
     assert "UNREACHABLE" not in out
     # the survivor reports its failed collective; a raising rank reports its own error
     assert "rank 0: RuntimeError" in out or "rank 1: RuntimeError: boom on purpose" in out, out
@@ -34,22 +43,24 @@ def test_dead_rank_ends_job_and_names_rank(mode):
         assert "rank 1: RuntimeError: boom on purpose" in out, out
 
 
+@pytest.mark.slow
 def test_rank_exiting_nonzero_is_named_by_mpirun():
     """rank 1 calls os._exit(3): the launcher tears the job down and names the process (rank 1)."""
-    proc, seconds = run_mpi("dist_rank_death.py", "exit3", "60", n=2, timeout=90)
+    proc, _ = run_mpi("dist_rank_death.py", "exit3", "60", n=2, timeout=150)
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and seconds < 60, (proc.returncode, seconds, out)
+    assert proc.returncode != 0 and seconds_after_failure(out) < 60, out
     assert "UNREACHABLE" not in out
     # Open MPI 5 (prterun) names it "[prterun-<host>-<pid>@1,1]" (job 1, rank 1); survivors may also report
     assert ",1]" in out or "rank 1" in out, out
 
 
+@pytest.mark.slow
 def test_stuck_rank_times_out():
     """rank 1 never reaches the collective: the process-group timeout (5 s) fires and aborts the job."""
-    proc, seconds = run_mpi("dist_rank_death.py", "hang", "5", n=2, timeout=90)
+    proc, _ = run_mpi("dist_rank_death.py", "hang", "5", n=2, timeout=150)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert seconds < 60, seconds
+    assert seconds_after_failure(out) < 60, out
     assert "rank 0: RuntimeError" in out and "Timed out" in out, out
 
 

@@ -17,6 +17,7 @@ with abort_on_exception(dist):
     x = torch.ones(3)
     dist.allreduce_(x)  # a first collective everybody reaches
     if dist.rank == 1:
+        print(f"FAIL_AT {time.time():.3f}", flush=True)  # lets the test time the tear-down, not the start-up
         if mode == "exit0":
             os._exit(0)
         if mode == "exit3":
