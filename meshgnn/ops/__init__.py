@@ -19,6 +19,7 @@ The baselines compute ``gather_add`` unfused, with torch's own autograd.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
@@ -95,7 +96,7 @@ def segment_sum(values: torch.Tensor, rowptr: torch.Tensor) -> torch.Tensor:
         ``(N, F...)``; nodes without incoming edges get zeros.
     """
     E, n = values.shape[0], rowptr.shape[0] - 1
-    flat = values.reshape(E, -1)
+    flat = values.reshape(E, math.prod(values.shape[1:]))
     rowptr = rowptr.long()
     backend = _BACKEND
     if backend == "ours":
@@ -123,7 +124,7 @@ def gather_add(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, graph) -> torc
     if _BACKEND != "ours":
         return a[graph.senders] + b[graph.receivers] + c
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), c.dtype)
-    E, n = c.shape[0], a.shape[0]
-    out = _library.gather_add(a.to(dtype).reshape(n, -1), b.to(dtype).reshape(n, -1), c.to(dtype).reshape(E, -1),
+    E, n, F = c.shape[0], a.shape[0], math.prod(c.shape[1:])
+    out = _library.gather_add(a.to(dtype).reshape(n, F), b.to(dtype).reshape(n, F), c.to(dtype).reshape(E, F),
                               graph.senders, graph.receivers, graph.rowptr, graph.sender_perm, graph.sender_rowptr)
     return out.reshape(c.shape)
