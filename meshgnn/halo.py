@@ -9,7 +9,8 @@ other patches holding that node). Two operations, each the other's adjoint:
 With ``y = bcast(x)``: ``y_root = x_root``, ``y_leaf = x_root`` so ``dL/dx_root = g_root + Σ_leaves g_leaf`` and
 ``dL/dx_leaf = 0`` — that is ``reduce(g)``. Zeroing the leaves in ``reduce`` makes the pair exactly adjoint
 (``<bcast x, y> = <x, reduce y>``), so ``reduce``'s backward is ``bcast`` and both are differentiable to any
-order. Both are out-of-place.
+order. Both are out-of-place; ``bcast_flat_`` is the in-place (still differentiable) bcast. On CPU the
+sums are deterministic; CUDA ``index_add_`` may reorder them.
 
 A rank holds several patches (its local parts). Their rows are laid end to end in one *flat* buffer
 (part order ``sf.part_ids``, row offsets ``sf.offsets``); the list API concatenates and splits around the flat
@@ -24,6 +25,14 @@ and keeps that list as its send list. Message order = the requester's order, so 
 Halo depth: parts built with ``halo = h`` have leaves at hops ``1..h``. ``depth=None`` covers them all (rollout
 refreshes an ``s·L``-hop halo once per stage or step); ``depth=1`` only the first ring (per-layer exchange
 before every message-passing layer with 1-hop parts, DESIGN §3).
+
+Usage::
+
+    sf = StarForest.from_parts(my_parts, part_to_rank, dist=dist)    # depth=1 for per-layer exchange
+    ys = sf.bcast(xs)                    # xs[i]: (sf.sizes[i], F) rows of part sf.part_ids[i]
+    y = sf.bcast_flat(x)                 # x: (sf.num_rows, F), parts end to end (sf.offsets)
+    sf.bcast_flat_(x)                    # in place, still differentiable: the cheap one for big buffers
+    g = sf.reduce(xs)                    # leaf -> root sums, leaves zeroed
 
 Collectives: for size > 1 every rank must call ``bcast``/``reduce`` the same number of times in the same order,
 and backpropagate through every call (in a chain — each call's input depending on the previous call's
