@@ -91,7 +91,8 @@ def run(args) -> int:
     try:
         owner = partition(edge_index, num_nodes, args.parts, method=args.method, points=points, seed=args.seed)
     except ValueError as e:
-        raise InputError(args.dataset, "--parts" if "nparts" in str(e) else None, str(e)) from None
+        field, _, message = str(e).partition(": ")
+        raise InputError(args.dataset, "--parts" if field == "nparts" else field, message) from None
     t_part = time.perf_counter() - t0
 
     meta = dict(dataset=str(Path(args.dataset).resolve()), layers=args.layers, integrator=args.integrator,
