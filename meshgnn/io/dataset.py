@@ -300,14 +300,20 @@ class Dataset:
             if not -t <= int(step) < t:
                 raise IndexError(f"step {step} out of range for trajectory {tid} with {t} steps")
             lead = (int(step) % t,)
-        if nodes is None:
-            return np.asarray(dset[lead + (slice(None),)], dtype=np.float32)
-        nodes = np.asarray(nodes, dtype=np.int64).reshape(-1)
-        if nodes.size == 0:
-            return np.zeros((0, self.fields[field].components), dtype=np.float32)
-        if nodes.min() < 0 or nodes.max() >= self.num_nodes:
-            raise IndexError(f"node ids must lie in [0, {self.num_nodes})")
-        return _take_nodes(dset, lead, nodes)
+        if nodes is not None:
+            nodes = np.asarray(nodes, dtype=np.int64).reshape(-1)
+            if nodes.size == 0:
+                return np.zeros((0, self.fields[field].components), dtype=np.float32)
+            if nodes.min() < 0 or nodes.max() >= self.num_nodes:
+                raise IndexError(f"node ids must lie in [0, {self.num_nodes})")
+        try:
+            if nodes is None:
+                return np.asarray(dset[lead + (slice(None),)], dtype=np.float32)
+            return _take_nodes(dset, lead, nodes)
+        except OSError as e:  # a damaged chunk (bit rot, partial copy): name the data, not h5py's internals
+            at = f"step {lead[0]}: " if lead else ""
+            raise InputError(self.path, f"/trajectories/{tid}/fields/{field}",
+                             f"{at}unreadable data, the file is damaged ({e})") from None
 
     def read_state(self, traj, step: int, nodes=None) -> np.ndarray:
         """(n, sum of state components) float32, fields concatenated in :attr:`state_fields` order."""
