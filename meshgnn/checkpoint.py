@@ -61,13 +61,13 @@ def check_dataset(state: dict, ds, path="checkpoint") -> None:
             raise InputError(path, name, f"checkpoint expects {comps} components, dataset has {ds.fields[name].components}")
 
 
-def check_compatible(state: dict, trainer) -> None:
+def check_compatible(state: dict, trainer, path="checkpoint") -> None:
     """Resuming needs the same model/integrator configuration and dataset layout."""
-    check_dataset(state, trainer.ds)
+    check_dataset(state, trainer.ds, path)
     have = trainer.sim.config()
     for key in ("latent", "layers", "hidden_layers", "integrator"):
         if state["sim_config"].get(key) != have.get(key):
-            raise InputError("checkpoint", key, f"checkpoint has {state['sim_config'].get(key)}, run asks for "
+            raise InputError(path, key, f"checkpoint has {state['sim_config'].get(key)}, run asks for "
                                                 f"{have.get(key)}")
 
 

@@ -340,12 +340,13 @@ class Trainer:
         traj, t, _, _ = self._last_sample
         bad = [n for n, p in self.sim.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         msg = [f"non-finite loss/gradients at step {step} (trajectory {traj}, time index {t}, loss {loss})"]
+        lay = self.layout
         for patch in self.patches:
-            y0, y1, _ = patch.frames(traj, t)
-            for i, name in enumerate(self.layout.state_fields):
-                nbad = int((~torch.isfinite(y0[:, i])).sum() + (~torch.isfinite(y1[:, i])).sum())
-                if nbad:
-                    msg.append(f"part {patch.part_id}: field {name}: {nbad} non-finite node values in the data")
+            y0, y1, static = patch.frames(traj, t)
+            bad_nodes = {**nonfinite_nodes(torch.cat([y0, y1], 1), lay.state_fields * 2, lay.state_components * 2),
+                         **nonfinite_nodes(static, lay.static_fields, lay.static_components)}
+            for name, nbad in bad_nodes.items():
+                msg.append(f"part {patch.part_id}: field {name}: {nbad} non-finite node values in the data")
         if bad:
             msg.append(f"parameters with non-finite gradients: {', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}")
         return "; ".join(msg) + "; the last good checkpoint is kept"
@@ -377,6 +378,19 @@ def _request_stop(signum, frame):  # noqa: ARG001
     _STOP_REQUESTED = True
 
 
+def nonfinite_nodes(values: torch.Tensor, names: list[str], comps: list[int]) -> dict[str, int]:
+    """``{field: number of nodes (rows) with a NaN/Inf in its columns}`` for ``values`` (n, sum comps),
+    columns laid out field after field; fields without any are left out (a repeated name adds up)."""
+    out: dict[str, int] = {}
+    o = 0
+    for name, c in zip(names, comps):
+        n = int((~torch.isfinite(values[:, o:o + c])).any(1).sum())
+        if n:
+            out[name] = out.get(name, 0) + n
+        o += c
+    return out
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -398,7 +412,7 @@ def train(cfg: TrainConfig, comm=None) -> dict:
         if not ckpt_path.exists():
             raise MeshgnnError(f"{ckpt_path}: --resume given but no checkpoint there")
         state = ckpt.load(ckpt_path)
-        ckpt.check_compatible(state, trainer)
+        ckpt.check_compatible(state, trainer, ckpt_path)
         trainer.load_state_dict(state["trainer"])
     if comm.is_root:
         out.mkdir(parents=True, exist_ok=True)
