@@ -112,6 +112,7 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         baseline = RMSETracker(fcomp, out / "rmse_persistence.csv")
 
     ys = st.initial()
+    _check_finite_inputs(cfg.dataset, traj, layout, st, ys)
     y0_full = st.gather(ys)
     if comm.is_root:
         writer.write_step(0, float(times[0]), _frame_data(y0_full, y0_full, names, comps))
@@ -156,6 +157,19 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
             render_series(series, names[0], png, step=-1, compare=True)
             result["png"] = str(png)
     return result
+
+
+def _check_finite_inputs(path, traj, layout, st: PatchedState, ys) -> None:
+    """Refuse NaN/Inf in the initial frame or the static fields: they would roll out as NaN without a word."""
+    from .errors import InputError
+    from .train import nonfinite_nodes
+
+    for y0, static in zip(ys, st.static):
+        for values, names, comps, what in ((y0, layout.state_fields, layout.state_components, "step 0"),
+                                           (static, layout.static_fields, layout.static_components, "static")):
+            for name, n in nonfinite_nodes(values, names, comps).items():
+                raise InputError(path, f"/trajectories/{traj}/fields/{name}",
+                                 f"{what}: {n} nodes with non-finite values (NaN/Inf); expected finite numbers")
 
 
 def st_owner(parts_path):
