@@ -136,6 +136,9 @@ class RolloutConfig:
     formats: list[str] = field(default_factory=lambda: ["pvd"],
                                metadata={"help": "output formats: pvd (.pvd + .vtu), pvtu (partitioned), vtkhdf"})
     parts: str = field(default="", metadata={"help": "part store for a partitioned rollout (under mpirun)"})
+    halo_mode: str = field(default="lhop", metadata={"help": "lhop: halo of layers x stages, refreshed once per "
+                                                             "step; per-layer: 1-hop halo refreshed before every "
+                                                             "layer", "choices": ["lhop", "per-layer"]})
     render: bool = field(default=True, metadata={"help": "render a PNG of the first state field at the end"})
     device: str = field(default="cpu", metadata={"help": "cpu|cuda|auto"})
     progress: bool = field(default=True, metadata={"help": "progress bar"})

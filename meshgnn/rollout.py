@@ -31,8 +31,10 @@ def split_fields(y: np.ndarray, names: list[str], comps: list[int]) -> dict:
 class PatchedState:
     """The state of this rank's patches and how to step, refresh and gather it."""
 
-    def __init__(self, sim, ds, traj, patches: list[PatchData], comm, halo=None):
+    def __init__(self, sim, ds, traj, patches: list[PatchData], comm, halo=None, per_layer: bool = False):
         self.sim, self.ds, self.traj, self.patches, self.comm, self.halo = sim, ds, traj, patches, comm, halo
+        # per-layer mode: 1-hop halos refreshed before every layer of every stage, and the state after each step
+        self.layer_exchange = halo.bcast_flat_ if (halo is not None and per_layer) else None
         self.static = [p.static(traj) for p in patches]
         self.fixed = [sim.fixed_mask(p.tensors.node_type) for p in patches]
 
@@ -44,9 +46,11 @@ class PatchedState:
 
     @torch.no_grad()
     def advance(self, ys, refs) -> list[torch.Tensor]:
-        out = [self.sim.step(y, s, p.tensors, y_next_fixed=r, fixed=f)
+        out = [self.sim.step(y, s, p.tensors, y_next_fixed=r, fixed=f, halo_exchange=self.layer_exchange)
                for y, s, p, r, f in zip(ys, self.static, self.patches, refs, self.fixed)]
-        if self.halo is not None:
+        if self.layer_exchange is not None:          # one union patch: its rows are the flat buffer
+            out = [self.halo.bcast_flat(out[0])]
+        elif self.halo is not None:
             out = self.halo.bcast(out)
         return out
 
@@ -91,7 +95,7 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         raise MeshgnnError(f"{cfg.dataset}: /trajectories/{traj}: needs at least 2 time steps to roll out")
 
     patches, halo = _rollout_patches(cfg, ds, sim, comm, device)
-    st = PatchedState(sim, ds, traj, patches, comm, halo)
+    st = PatchedState(sim, ds, traj, patches, comm, halo, per_layer=cfg.halo_mode == "per-layer")
     out = Path(cfg.out)
     names, comps = layout.state_fields, layout.state_components
     times = ds.times(traj)
@@ -208,15 +212,24 @@ def _rollout_patches(cfg, ds, sim, comm, device):
 
     store = PartStore(cfg.parts)
     store.check_graph(ds.edge_index())
-    if store.halo < sim.receptive_hops:
-        raise MeshgnnError(f"{cfg.parts}: halo depth {store.halo} < layers x stages = {sim.receptive_hops}: a "
-                           f"per-step halo refresh is not exact with it (re-partition with --halo "
-                           f"{sim.receptive_hops})")
+    per_layer = cfg.halo_mode == "per-layer"
+    need = 1 if per_layer else sim.receptive_hops
+    if store.halo < need:
+        raise MeshgnnError(f"{cfg.parts}: halo depth {store.halo} is too shallow for an exact {cfg.halo_mode} rollout "
+                           f"(needs >= {need} = {'1' if per_layer else 'layers x stages'}; re-partition with "
+                           f"--halo {need} or use --halo-mode per-layer)")
     counts = [int(np.sum(store.owner == p)) for p in range(store.num_parts)]
     parts_of_rank = assign_parts(counts, comm.size)
     mine = parts_of_rank[comm.rank]
+    if not mine:
+        raise MeshgnnError(f"{cfg.parts}: {store.num_parts} parts cannot feed {comm.size} ranks")
     parts = [store.read(p) for p in mine]
     patches = [PatchData.from_part(ds, part, device, cache, torch.float32) for part in parts]
-    part_to_rank = {p: r for r, ps in enumerate(parts_of_rank) for p in ps}
-    halo = StarForest.from_parts(parts, part_to_rank, comm.rank, owner=store.owner)
+    part_to_rank = np.zeros(store.num_parts, dtype=np.int64)
+    for r, ps in enumerate(parts_of_rank):
+        part_to_rank[ps] = r
+    halo = StarForest.from_parts(parts, part_to_rank, comm.rank, dist=comm if comm.size > 1 else None,
+                                 owner=store.owner, depth=1 if per_layer else None)
+    if per_layer:
+        patches = [PatchData.union(patches)]
     return patches, halo

@@ -219,7 +219,7 @@ class Trainer:
                                             owner=store.owner, depth=1)
             self.patches = [PatchData.union(self.patches)]
             self.patch_parts = [list(mine)]
-            self.halo_exchange = self.sf.bcast_flat
+            self.halo_exchange = self.sf.bcast_flat_      # in place, differentiable (no copy per layer)
 
     def _noise_std(self) -> torch.Tensor:
         """Noise std per state component: the user's values (relative) times the field's data std at step 0."""
