@@ -259,6 +259,7 @@ CHECK_KERNEL = """
 """
 
 
+@pytest.mark.slow  # a fresh interpreter: mostly the torch import
 def test_fresh_build_in_empty_cache(tmp_path):
     """A fresh machine builds the C++ kernels into an empty cache in well under a minute."""
     if _cpu.library() is None:
@@ -271,6 +272,7 @@ def test_fresh_build_in_empty_cache(tmp_path):
     assert len(list((tmp_path / "ops").glob("csr_kernels_*.so"))) == 1
 
 
+@pytest.mark.slow  # a fresh interpreter: mostly the torch import
 def test_fallback_when_compiler_missing(tmp_path):
     proc = _run_python(CHECK_KERNEL, MESHGNN_CACHE=str(tmp_path), CXX=str(tmp_path / "no-such-g++"))
     assert proc.returncode == 0, proc.stderr

@@ -50,6 +50,7 @@ SCRIPT = """
 """
 
 
+@pytest.mark.slow
 def test_triton_kernels_interpreted():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT)], capture_output=True, text=True, env=env,
