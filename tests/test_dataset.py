@@ -231,5 +231,5 @@ def test_info_command_prints_summary(tmp_path, capsys):
     _write(path)
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "300 nodes" in out and "co2" in out and "solver_seconds_per_step=1.5" in out
+    assert "300 nodes" in out and "co2" in out and "solver_seconds_per_step = 1.5" in out
     assert main(["info", str(tmp_path / "missing.h5")]) == 2

@@ -560,8 +560,8 @@ def describe(ds: Dataset) -> str:
         t = ds.times(tid)
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in ds.parameters(tid).items())
         lines.append(f"  {tid:<12} {t.size} steps, t = {t[0]:g} .. {t[-1]:g}   {params}")
-    if ds.provenance:
-        lines.append("provenance     " + ", ".join(f"{k}={_fmt(v)}" for k, v in ds.provenance.items()))
+    for i, (k, v) in enumerate(ds.provenance.items()):
+        lines.append(f"{'provenance' if i == 0 else '':<15}{k} = {_fmt(v)}")
     return "\n".join(lines)
 
 
