@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from decomposition.csr import sorted_unique
+
 # Local vertex pairs of the edges of each cell type (VTK/meshio vertex order).
 CELL_EDGES: dict[str, tuple[tuple[int, int], ...]] = {
     "line": ((0, 1),),
@@ -49,11 +51,11 @@ def edges_from_cells(cells: dict[str, np.ndarray], num_nodes: int) -> np.ndarray
         keys.append(lo * num_nodes + hi)
     if not keys:
         return np.zeros((2, 0), dtype=np.int64)
-    und = np.unique(np.concatenate(keys))
+    und = sorted_unique(np.concatenate(keys))       # np.unique is ~100x slower on 10^7 int64 (numpy 2.4)
     lo, hi = und // num_nodes, und % num_nodes
-    send = np.concatenate([lo, hi])
-    recv = np.concatenate([hi, lo])
-    return sort_by_receiver(np.stack([send, recv]), num_nodes)
+    # directed keys receiver*N + sender: sorting them is the receiver-sorted order, no argsort needed
+    directed = np.sort(np.concatenate([hi * num_nodes + lo, und]))
+    return np.stack([directed % num_nodes, directed // num_nodes])
 
 
 def sort_by_receiver(edge_index: np.ndarray, num_nodes: int) -> np.ndarray:
