@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/meshgnn demo --out $(DEMO)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --timeout=900 tests
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-DEFAULTS = dict(nodes=5000, trajectories=5, steps=50, train_steps=1500, latent=48, layers=6, minutes=5.0)
+DEFAULTS = dict(nodes=5000, trajectories=5, steps=50, train_steps=3000, latent=32, layers=4, minutes=5.0)
 
 
 def add_arguments(p):
@@ -40,11 +40,12 @@ def run(args) -> int:
                                               seed=args.seed))
     else:
         print(f"[1/3] using the existing dataset {data} (--regenerate to rebuild)")
-    print(f"[2/3] training a MeshGraphNet ({args.layers} layers x {args.latent}, {args.integrator}) "
-          f"for {args.train_steps} steps (at most {args.minutes:g} min)")
     cfg = TrainConfig(dataset=str(data), out=str(out / "train"), steps=args.train_steps, latent=args.latent,
                       layers=args.layers, integrator=args.integrator, seed=args.seed, noise_std=[0.02],
-                      lr=1e-3, lr_final=2e-5, checkpoint_every=250, max_minutes=args.minutes)
+                      lr=1e-3, lr_final=2e-5, checkpoint_every=250, max_minutes=args.minutes * 1.2)
+    cfg.steps = steps_for_budget(cfg, args.minutes, args.train_steps)
+    print(f"[2/3] training a MeshGraphNet ({args.layers} layers x {args.latent}, {args.integrator}) "
+          f"for {cfg.steps} steps (~{args.minutes:g} min on this machine)")
     summary = train(cfg)
     print(f"      {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['loss']:.3e}")
     print("[3/3] rolling out the held-out trajectory")
@@ -57,3 +58,20 @@ def run(args) -> int:
           f"  RMSE           {out / 'rollout' / 'rmse.csv'}, {out / 'rollout' / 'rmse.png'}\n"
           f"  picture        {res.get('png', '-')}")
     return 0
+
+
+def steps_for_budget(cfg, minutes: float, most: int, probe: int = 3) -> int:
+    """Optimizer steps that fit ``minutes`` here: time a few steps of the same configuration first, so the
+    learning-rate schedule spans the steps that will really run."""
+    import dataclasses
+    import time as _time
+
+    from ..train import Trainer
+
+    trainer = Trainer(dataclasses.replace(cfg, progress=False))
+    trainer.step()                                     # warm-up (kernels, caches)
+    t0 = _time.perf_counter()
+    for _ in range(probe):
+        trainer.step()
+    per_step = (_time.perf_counter() - t0) / probe
+    return int(max(50, min(most, 60 * minutes / per_step)))
