@@ -84,6 +84,21 @@ def _pick_device(backend: str, local_rank: int) -> tuple[str, torch.device]:
     return backend, device
 
 
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _free_port(host: str = "") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,6 +143,12 @@ class Dist:
     threads: int = 1
     comm: object = None
     bytes_allreduced: int = 0
+    peers: list = field(default_factory=list)   # (hostname, pid) of every rank, for naming a lost rank
+
+    def lost_ranks(self) -> list[int]:
+        """Ranks on this host whose process is gone (or a zombie): whom to name when a collective fails."""
+        host = socket.gethostname()
+        return [r for r, (h, pid) in enumerate(self.peers) if r != self.rank and h == host and not _alive(pid)]
 
     @property
     def is_root(self) -> bool:
@@ -235,6 +256,8 @@ def init_from_mpi(backend: str = "auto", timeout_s: float = 60) -> Dist:
     dist = Dist(rank=rank, size=size, local_rank=local_rank, local_size=local_size, device=device,
                 backend=backend if size > 1 else "none", threads=threads, comm=comm)
     import torch.distributed as td
+    if size > 1:
+        dist.peers = comm.allgather((socket.gethostname(), os.getpid()))
     if size > 1 and not td.is_initialized():  # a second call reuses the existing group
         addr, port = _rendezvous(comm)
         for k, v in (("RANK", rank), ("WORLD_SIZE", size), ("LOCAL_RANK", local_rank),
@@ -273,6 +296,10 @@ def abort_on_exception(dist: Dist):
         report_exception(dist.rank, e)
         if dist.size == 1:
             raise
+        lost = dist.lost_ranks()   # a collective failed because a peer died: name it (mpirun may not, racing us)
+        if lost:
+            print(f"rank {dist.rank}: lost rank {', '.join(map(str, lost))} (process gone); ending the job",
+                  file=sys.stderr, flush=True)
         dist.abort(1)
 
 
