@@ -417,7 +417,8 @@ def train(cfg: TrainConfig, comm=None) -> dict:
     if comm.is_root:
         out.mkdir(parents=True, exist_ok=True)
     old = signal.signal(signal.SIGTERM, _request_stop)
-    log = TrainLog(out / "train_log.csv", enabled=comm.is_root, append=cfg.resume)
+    log = TrainLog(out / "train_log.csv", enabled=comm.is_root, append=cfg.resume,
+                   start_step=trainer.step_index)
     bar = None
     if comm.is_root and cfg.progress:
         from tqdm import tqdm
@@ -457,7 +458,7 @@ class TrainLog:
 
     FIELDS = ["step", "loss", "lr", "seconds", "nodes_per_s", "peak_rss_mb", "trajectory", "time_index"]
 
-    def __init__(self, path: Path, enabled: bool, append: bool = False):
+    def __init__(self, path: Path, enabled: bool, append: bool = False, start_step: int | None = None):
         self.enabled = enabled
         self._f = None
         self._tb = None
@@ -465,6 +466,8 @@ class TrainLog:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not (append and path.exists())
+        if not new and start_step is not None:
+            self._drop_rows_from(path, start_step)
         self._f = open(path, "w" if new else "a", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=self.FIELDS, extrasaction="ignore")
         if new:
@@ -474,6 +477,21 @@ class TrainLog:
             self._tb = SummaryWriter(str(path.parent / "tensorboard"))
         except Exception:  # noqa: BLE001 - tensorboard is optional
             self._tb = None
+
+    @staticmethod
+    def _drop_rows_from(path: Path, step: int) -> None:
+        """Forget rows of steps >= ``step`` (logged after the checkpoint a crashed run resumes from)."""
+        from .io.atomic import atomic_path
+
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < step]
+        if len(keep) == len(rows):
+            return
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=TrainLog.FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(keep)
 
     def write(self, rec: dict) -> None:
         if not self.enabled:
