@@ -8,6 +8,7 @@ at a given step, or a checkpoint save half-way) or by SIGKILL sent from here.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -133,7 +134,7 @@ def broken_datasets(work) -> dict:
     bad_cells = lambda f: replace_dataset(f, "mesh/cells/tetra",  # noqa: E731
                                           np.where(np.arange(4) == 2, n + 7, f["mesh/cells/tetra"][...]))
     return {
-        "missing file": (d / "missing.h5", "no such file"),
+        "missing file": (d / "missing.h5", "missing.h5"),
         "truncated HDF5 (half the bytes)": (truncate(ds, d / "truncated.h5"), "truncated.h5"),
         "random bytes": (random_bytes(d / "random.h5"), "not an HDF5 file"),
         "empty file": (truncate(ds, d / "empty.h5", 0.0), "not an HDF5 file"),
@@ -213,6 +214,8 @@ def test_bad_checkpoints(work, capsys):
     }
     for case, (path, named) in cases.items():
         expect_error(capsys, case, ["rollout", path, ds, "--out", d / "r"], path.name, named)
+        if path.suffix == ".pt" and path.exists():
+            expect_error(capsys, f"{case} (info)", ["info", path], path.name)
 
 
 @pytest.mark.parametrize("case,edit,named", [
@@ -255,6 +258,9 @@ def test_part_store_mismatch_and_shallow_halo(work, capsys):
                      "junk.parts.h5")
         expect_error(capsys, f"part store: the dataset file ({tag})", argv + [ds], "not a meshgnn part store")
         expect_error(capsys, f"part store: missing ({tag})", argv + [d / "absent.parts.h5"], "absent.parts.h5")
+    expect_error(capsys, "part store: random bytes (info)", ["info", d / "junk.parts.h5"], "junk.parts.h5")
+    expect_error(capsys, "part store: truncated (info)", ["info", truncate(Path(work["store"]),
+                 d / "half.parts.h5")], "half.parts.h5")
 
 
 def test_nonfinite_inputs_to_rollout(work, capsys):
@@ -407,6 +413,9 @@ def test_killed_train_rank_ends_job_then_resume_finishes(work, tmp_path):
            f"finished {final}", time.perf_counter() - t0)
     assert rc == 0
     assert load(out / "checkpoint.pt")["trainer"]["step"] == final
+    # the log lost nothing and repeats nothing: rows the crashed run wrote after its last checkpoint are replaced
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(final))
 
 
 @pytest.mark.mpi
