@@ -139,7 +139,12 @@ def load_mesh(path, index: int | None = None):
             mesh = pv.wrap(r.GetOutput())
             _vtkhdf_units(path, mesh)
         else:
+            from .io.vtk import check_vtk_header
+
+            check_vtk_header(path)
             mesh = pv.read(str(path))
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
         raise InputError(path, None, f"cannot read ({e})") from None
     if isinstance(mesh, pv.MultiBlock):

@@ -208,6 +208,26 @@ def read_pvd(path) -> list[tuple[float, Path]]:
 _STEP_RE = re.compile(r"_(\d+)\.p?vtu$")
 
 
+VTK_XML_SUFFIXES = (".vtu", ".pvtu", ".vtp", ".vts", ".vtr", ".vti", ".vtm", ".pvd")
+
+
+def check_vtk_header(path) -> None:
+    """Raise a one-line :class:`InputError` unless ``path`` starts like a VTK file (XML ``<VTKFile`` / legacy
+    ``# vtk DataFile``): VTK itself prints pages of C++ errors for random bytes and returns an empty mesh."""
+    from ..errors import InputError
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VTK_XML_SUFFIXES + (".vtk",) or not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    ok = head.lstrip().startswith(b"# vtk DataFile") if suffix == ".vtk" else (b"<VTKFile" in head)
+    if not ok:
+        raise InputError(path, None, f"not a VTK {'legacy' if suffix == '.vtk' else 'XML'} file (no VTK header; "
+                                     "damaged or another format)")
+
+
 def step_of(file) -> int | None:
     """The rollout step encoded in a series file name ``<name>_<step>.vtu|.pvtu`` (None if there is none)."""
     m = _STEP_RE.search(str(file))

@@ -74,6 +74,9 @@ def _vtk_grid(path: Path):
 
     if not path.is_file():
         raise InputError(path, None, "file listed in the series does not exist")
+    from ..vtk import check_vtk_header
+
+    check_vtk_header(path)
     try:
         mesh = pv.read(str(path))
     except Exception as e:  # noqa: BLE001 - VTK raises many kinds; the user sees one line
