@@ -296,11 +296,26 @@ def abort_on_exception(dist: Dist):
         report_exception(dist.rank, e)
         if dist.size == 1:
             raise
-        lost = dist.lost_ranks()   # a collective failed because a peer died: name it (mpirun may not, racing us)
+        lost = _wait_for_lost_ranks(dist, e)   # a collective failed because a peer died: name it (mpirun may not)
         if lost:
             print(f"rank {dist.rank}: lost rank {', '.join(map(str, lost))} (process gone); ending the job",
                   file=sys.stderr, flush=True)
         dist.abort(1)
+
+
+def _wait_for_lost_ranks(dist: Dist, exc: BaseException, patience_s: float = 2.0) -> list[int]:
+    """Ranks found dead on this host; a peer's socket closes while it exits, so look again for ``patience_s``
+    (not for user errors, which no dead peer causes)."""
+    import time
+
+    from .errors import MeshgnnError
+
+    deadline = time.monotonic() + (0.0 if isinstance(exc, MeshgnnError) else patience_s)
+    while True:
+        lost = dist.lost_ranks()
+        if lost or time.monotonic() >= deadline:
+            return lost
+        time.sleep(0.05)
 
 
 def install_excepthook(dist: Dist) -> None:
