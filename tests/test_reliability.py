@@ -286,6 +286,30 @@ def test_nonfinite_inputs_to_rollout(work, capsys):
                  "--out", d / "r"], "/trajectories/traj00/fields/velocity", "1 nodes")
 
 
+def test_render_import_generate_inputs(work, capsys):
+    """The commands around the model: damaged/missing VTK files, an unknown field, out-of-range sizes."""
+    import meshio
+
+    d = work["d"] / "vtk"
+    d.mkdir(exist_ok=True)
+    one = d / "one.vtu"
+    pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.0]])
+    meshio.write(one, meshio.Mesh(pts, [("tetra", np.array([[0, 1, 2, 3]]))], point_data={"co2": np.arange(4.0)}))
+    junk_vtu, junk_pvd = random_bytes(d / "junk.vtu"), random_bytes(d / "junk.pvd")
+    expect_error(capsys, "render: missing series", ["render", d / "none.pvd", "--field", "co2"], "none.pvd")
+    expect_error(capsys, "render: random-bytes .pvd", ["render", junk_pvd, "--field", "co2"], "junk.pvd")
+    expect_error(capsys, "render: random-bytes .vtu", ["render", junk_vtu, "--field", "co2"], "junk.vtu",
+                 "not a VTK XML file")
+    expect_error(capsys, "render: unknown --field", ["render", one, "--field", "nope", "--out", d / "x.png"],
+                 "'nope'", "co2")
+    expect_error(capsys, "import: random-bytes .vtu", ["import", junk_vtu, d / "o.h5", "--dt", "0.1",
+                 "--no-progress"], "junk.vtu", "not a VTK XML file")
+    expect_error(capsys, "import: missing source", ["import", d / "nothing.vtu", d / "o.h5", "--no-progress"],
+                 "nothing.vtu")
+    expect_error(capsys, "generate: --nodes 0", ["generate", d / "g.h5", "--nodes", "0"], "--nodes")
+    assert sorted(p.name for p in d.iterdir()) == ["junk.pvd", "junk.vtu", "one.vtu"]     # nothing written
+
+
 def test_debug_shows_the_traceback(work, capsys):
     with pytest.raises(Exception) as e:
         main(["--debug", "info", str(work["d"] / "missing.h5")])
