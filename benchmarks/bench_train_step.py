@@ -1,0 +1,359 @@
+"""One MeshGraphNet training step (forward + backward + Adam) on a 22³ tet grid, ours against the baselines.
+
+Configurations, all 15 processor blocks × 128, 2 hidden layers per MLP, LayerNorm, sum aggregation, the same
+graph (``meshgnn.meshes.box_tets(22)``: 10,648 nodes, 137,718 directed edges), inputs and loss (MSE on random
+targets; 8 node and 4 edge input features, 3 outputs):
+  * ``ours fp32``            meshgnn MeshGraphNet, concat trick (fused gather_add) + CSR segment_sum
+  * ``ours bf16``            the same under ``torch.autocast(dtype=bfloat16)``, fp32 master weights
+  * ``ours fp32 ckpt``       the same with ``checkpoint_layers=True`` (activation checkpointing per block)
+  * ``ours fp32 no-concat``  ``concat_trick=False`` (edge MLP on ``cat[x_s, x_r, e]``)
+  * ``PyG``                  a plain torch_geometric ``MessagePassing`` MGN (benchmarks/pyg_mgn.py, same function:
+                             tests/test_pyg_baseline.py)
+  * ``PhysicsNeMo concat`` / ``PhysicsNeMo no-concat``  ``physicsnemo.models.meshgraphnet.MeshGraphNet`` in its own
+    venv (``--physicsnemo-python`` or env ``MESHGNN_PHYSICSNEMO_PYTHON``), driven step by step over a pipe by
+    benchmarks/bench_train_step_physicsnemo.py, so its steps interleave with ours in the same run.
+
+Timing: ``--warmup`` untimed steps per configuration, then ``--repeats`` rounds; each round times one step of
+every configuration in turn (and the GEMM reference), so load drift on a shared machine hits all alike; medians.
+
+Useful FLOP/s: the MLP FLOPs of a configuration counted from shapes (a Linear on M rows: 2·M·in·out forward,
+×3 for forward + backward), divided by the step time, as a fraction of the fp32 GEMM throughput this machine
+reaches on exactly those shapes (``torch.mm`` for the forward, input-gradient and weight-gradient products of
+every Linear, timed in the same rounds). ``fraction = (time of the step's GEMMs alone) / (step time)``.
+
+Peak memory (``--memory``): each configuration runs again in a fresh process (glibc ``MALLOC_MMAP_THRESHOLD_``
+= 64 KiB, so freed tensors go back to the OS and RSS tracks live memory): one warm-up step, then the peak RSS
+during a second step (VmHWM after resetting it through /proc/self/clear_refs) minus the RSS before it.
+
+    python benchmarks/bench_train_step.py --repeats 3 --memory \
+        --physicsnemo-python /tmp/pnemo-venv/bin/python
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from meshgnn.graph import Graph, edges_from_cells  # noqa: E402
+from meshgnn.meshes import box_tets  # noqa: E402
+from meshgnn.model.mgn import MeshGraphNet  # noqa: E402
+
+NODE_IN, EDGE_IN, NODE_OUT = 8, 4, 3
+PNEMO_SCRIPT = os.path.join(HERE, "bench_train_step_physicsnemo.py")
+OURS = ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat", "PyG")
+PNEMO = {"PhysicsNeMo concat": "concat", "PhysicsNeMo no-concat": "noconcat"}
+
+
+# ----------------------------------------------------------------------------------------------- problem
+def make_problem(n: int, seed: int = 0):
+    """Graph of the ``n³`` tet grid and seeded inputs: node ``(N, 8)``, edge ``(E, 4)`` (relative position and
+    its norm), target ``(N, 3)``."""
+    points, tets = box_tets(n)
+    graph = Graph.from_edge_index(edges_from_cells({"tetra": tets}, len(points)), len(points))
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.from_numpy(points).float()
+    rel = pos[graph.senders] - pos[graph.receivers]
+    edge_features = torch.cat([rel, rel.norm(dim=1, keepdim=True)], dim=1)
+    node_features = torch.randn(graph.num_nodes, NODE_IN, generator=g)
+    target = torch.randn(graph.num_nodes, NODE_OUT, generator=g)
+    return graph, node_features, edge_features, target
+
+
+# ----------------------------------------------------------------------------------------------- FLOPs
+def mlp_gemms(rows: int, n_in: int, latent: int, n_out: int, hidden_layers: int) -> list[tuple[int, int, int]]:
+    """``(rows, in, out)`` of every Linear of an MGN MLP."""
+    sizes = [n_in] + [latent] * hidden_layers + [n_out]
+    return [(rows, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def model_gemms(N: int, E: int, latent=128, layers=15, hidden_layers=2, concat_trick=True) -> collections.Counter:
+    """Counter ``(rows, in, out) -> number of Linears`` of one MGN forward pass.
+
+    With the concat trick the first edge Linear ``(E, 3H) -> H`` becomes ``(E, H) -> H`` plus two ``(N, H) -> H``.
+    """
+    H = latent
+    shapes = mlp_gemms(N, NODE_IN, H, H, hidden_layers) + mlp_gemms(E, EDGE_IN, H, H, hidden_layers)
+    for _ in range(layers):
+        edge = mlp_gemms(E, 3 * H, H, H, hidden_layers)
+        if concat_trick:
+            edge = [(E, H, H), (N, H, H), (N, H, H)] + edge[1:]
+        shapes += edge + mlp_gemms(N, 2 * H, H, H, hidden_layers)
+    shapes += mlp_gemms(N, H, H, NODE_OUT, hidden_layers)
+    return collections.Counter(shapes)
+
+
+def step_flops(gemms: collections.Counter) -> float:
+    """Forward + backward MLP FLOPs: 3 × 2·rows·in·out per Linear."""
+    return sum(3 * 2 * m * k * n * c for (m, k, n), c in gemms.items())
+
+
+def time_gemms(shapes, dtype=torch.float32) -> dict:
+    """Seconds of the three products of one Linear (forward ``x Wᵀ``, ``dX = g W``, ``dW = gᵀ x``) per shape."""
+    out = {}
+    for m, k, n in shapes:
+        x, w, g = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(m, n, dtype=dtype)
+        t0 = time.perf_counter()
+        torch.mm(x, w.t())
+        torch.mm(g, w)
+        torch.mm(g.t(), x)
+        out[(m, k, n)] = time.perf_counter() - t0
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- steps
+def build(name: str, problem):
+    """``(model, step_fn)``: ``step_fn()`` runs one training step of configuration ``name``."""
+    from pyg_mgn import PygMeshGraphNet
+
+    graph, xn, xe, target = problem
+    torch.manual_seed(0)
+    if name == "PyG":
+        model = PygMeshGraphNet(NODE_IN, EDGE_IN, NODE_OUT)
+        edge_index = graph.edge_index
+        forward = lambda: model(xn, edge_index, xe)  # noqa: E731
+    else:
+        model = MeshGraphNet(NODE_IN, EDGE_IN, NODE_OUT, concat_trick="no-concat" not in name,
+                             checkpoint_layers="ckpt" in name)
+        forward = lambda: model(xn, graph, edge_features=xe)  # noqa: E731
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    bf16 = "bf16" in name
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward()
+        loss = torch.nn.functional.mse_loss(out.float(), target)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return model, step
+
+
+def timed(step) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    step()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def rss_kib(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def peak_step_mib(step) -> float:
+    """Peak RSS growth (MiB) during one call of ``step`` (VmHWM reset via /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = rss_kib()
+    step()
+    return (rss_kib("VmHWM") - before) / 1024
+
+
+def probe_memory(name: str, args) -> float:
+    """Fresh-process peak RSS of a step of ``name`` (ours/PyG: this script; PhysicsNeMo: its worker)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
+    if name in PNEMO:
+        cmd = [args.physicsnemo_python, PNEMO_SCRIPT, "--inputs", args._inputs_path, "--threads",
+               str(args.threads), "--memory", PNEMO[name]]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--grid", str(args.grid), "--threads", str(args.threads),
+               "--probe", name]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"  memory probe {name} failed: {res.stderr.strip()[-500:]}", file=sys.stderr)
+        return float("nan")
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+# ----------------------------------------------------------------------------------------------- PhysicsNeMo
+class PhysicsNemoWorker:
+    """The PhysicsNeMo step driver in its own venv; ``step(variant)`` -> (wall s, cpu s) of one step."""
+
+    def __init__(self, python: str, inputs_path: str, threads: int):
+        self.proc = subprocess.Popen([python, PNEMO_SCRIPT, "--inputs", inputs_path, "--threads", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"PhysicsNeMo worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def step(self, variant: str) -> tuple[float, float]:
+        self.proc.stdin.write(f"step {variant}\n")
+        reply = self._read()
+        return reply["wall_s"], reply["cpu_s"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def save_inputs(problem, path: str) -> None:
+    """The graph and inputs as .npz for the PhysicsNeMo worker (which cannot import meshgnn)."""
+    graph, xn, xe, target = problem
+    np.savez(path, senders=graph.senders.numpy(), receivers=graph.receivers.numpy(), node_features=xn.numpy(),
+             edge_features=xe.numpy(), target=target.numpy())
+
+
+# ----------------------------------------------------------------------------------------------- report
+def fmt_ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if a == a and b == b and b > 0 else "n/a"
+
+
+def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem, loads, pnemo_info):
+    graph = problem[0]
+    print(f"\ngraph: {args.grid}^3 tet grid, {graph.num_nodes:,} nodes, {graph.num_edges:,} directed edges; "
+          f"15 x 128, torch {torch.__version__}, {args.threads} threads; warm-up {args.warmup}, "
+          f"median of {args.repeats}; load average {loads[0]:.1f} (start) / {loads[1]:.1f} (end)")
+    if pnemo_info:
+        print(f"PhysicsNeMo {pnemo_info.get('physicsnemo')} (torch {pnemo_info.get('torch')}, "
+              f"graph: {pnemo_info.get('graph')})")
+    med = {n: statistics.median(times[n]) for n in names}
+    med_cpu = {n: statistics.median(cpu[n]) for n in names}
+    gemm_med = {s: statistics.median(v) for s, v in gemm_times.items()}
+    print(f"{'configuration':24s} {'step s':>8s} {'cpu s':>8s} {'MLP GFLOP':>10s} {'GFLOP/s':>8s} "
+          f"{'GEMM GFLOP/s':>12s} {'of GEMM':>8s} {'peak MiB':>9s}")
+    rows = {}
+    for n in names:
+        gemms = gemm_of(n)
+        t_gemm = sum(gemm_med[s] * c for s, c in gemms.items())
+        f = flops(n)
+        rows[n] = (med[n], f / med[n] / 1e9, f / t_gemm / 1e9, t_gemm / med[n])
+        print(f"{n:24s} {med[n]:8.2f} {med_cpu[n]:8.2f} {f / 1e9:10.1f} {rows[n][1]:8.1f} {rows[n][2]:12.1f} "
+              f"{100 * rows[n][3]:7.1f}% {memory.get(n, float('nan')):9.0f}")
+    print("\nratios (baseline step time / ours):")
+    for ours in ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat"):
+        if ours not in med:
+            continue
+        parts = [f"vs {b}: {fmt_ratio(med.get(b, float('nan')), med[ours])}"
+                 for b in ("PyG", "PhysicsNeMo concat", "PhysicsNeMo no-concat") if b in med]
+        print(f"  {ours:22s} " + ", ".join(parts))
+    if "PhysicsNeMo concat" in med:
+        r32 = med["PhysicsNeMo concat"] / med["ours fp32"]
+        rbf = med["PhysicsNeMo concat"] / med["ours bf16"] if "ours bf16" in med else float("nan")
+        print(f"targets: fp32 >= 1.3x PhysicsNeMo: {r32:.2f}x {'MET' if r32 >= 1.3 else 'NOT met'}; "
+              f"bf16 >= 2x: {rbf:.2f}x {'MET' if rbf >= 2 else 'NOT met'}; "
+              f">= 75% of GEMM: {100 * rows['ours fp32'][3]:.0f}% "
+              f"{'MET' if rows['ours fp32'][3] >= 0.75 else 'NOT met'}")
+    else:
+        print(f"target >= 75% of GEMM: {100 * rows['ours fp32'][3]:.0f}% "
+              f"{'MET' if rows['ours fp32'][3] >= 0.75 else 'NOT met'} (PhysicsNeMo not run)")
+    big = max(gemm_med, key=lambda s: s[0] * s[1] * s[2])
+    print(f"reference fp32 GEMM {big} (fwd+dX+dW): {3 * 2 * big[0] * big[1] * big[2] / gemm_med[big] / 1e9:.1f} "
+          f"GFLOP/s")
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--grid", type=int, default=22, help="points per box side (22: 10,648 nodes)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (one step of each configuration)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads, both venvs (1: robust on an oversubscribed machine)")
+    p.add_argument("--configs", nargs="*", default=list(OURS) + list(PNEMO), help="configurations to run")
+    p.add_argument("--memory", action="store_true", help="also measure peak RSS per configuration")
+    p.add_argument("--physicsnemo-python", default=os.environ.get("MESHGNN_PHYSICSNEMO_PYTHON", ""),
+                   help="python of a venv with nvidia-physicsnemo (env MESHGNN_PHYSICSNEMO_PYTHON); empty: skip")
+    p.add_argument("--probe", default="", help=argparse.SUPPRESS)  # internal: fresh-process memory probe
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    problem = make_problem(args.grid)
+    if args.probe:
+        _, step = build(args.probe, problem)
+        step()
+        print(json.dumps({"peak_mib": peak_step_mib(step)}))
+        return 0
+
+    loads = [os.getloadavg()[0]]
+    names = [n for n in args.configs if n in OURS or n in PNEMO]
+    pnemo_names = [n for n in names if n in PNEMO]
+    if pnemo_names and not (args.physicsnemo_python and os.path.exists(args.physicsnemo_python)):
+        print(f"SKIPPING PhysicsNeMo: no venv python (--physicsnemo-python / MESHGNN_PHYSICSNEMO_PYTHON = "
+              f"{args.physicsnemo_python!r})", file=sys.stderr)
+        names = [n for n in names if n not in PNEMO]
+        pnemo_names = []
+    graph = problem[0]
+    N, E = graph.num_nodes, graph.num_edges
+
+    def gemm_of(n):
+        return model_gemms(N, E, concat_trick=not ("no-concat" in n or n == "PyG"))
+
+    def flops(n):
+        return step_flops(gemm_of(n))
+
+    tmp = tempfile.TemporaryDirectory()
+    args._inputs_path = os.path.join(tmp.name, "inputs.npz")
+    worker = None
+    try:
+        steps = {n: build(n, problem)[1] for n in names if n in OURS}
+        if pnemo_names:
+            save_inputs(problem, args._inputs_path)
+            worker = PhysicsNemoWorker(args.physicsnemo_python, args._inputs_path, args.threads)
+            for n in pnemo_names:
+                steps[n] = (lambda v: lambda: worker.step(v))(PNEMO[n])
+        shapes = sorted(set().union(*(gemm_of(n) for n in names)))
+        times, cpu = collections.defaultdict(list), collections.defaultdict(list)
+        gemm_times = collections.defaultdict(list)
+        for n in names:
+            for _ in range(args.warmup):
+                steps[n]()
+            print(f"warm-up {n} done", file=sys.stderr, flush=True)
+        for r in range(args.repeats):
+            for s, t in time_gemms(shapes).items():
+                gemm_times[s].append(t)
+            for n in names:
+                if n in PNEMO:
+                    w, c = steps[n]()
+                else:
+                    w, c = timed(steps[n])
+                times[n].append(w)
+                cpu[n].append(c)
+                print(f"round {r + 1}/{args.repeats} {n}: {w:.2f} s", file=sys.stderr, flush=True)
+        pnemo_info = worker.info if worker else None
+        if worker:
+            worker.close()
+            worker = None
+        steps.clear()
+        memory = {}
+        if args.memory:
+            for n in names:
+                memory[n] = probe_memory(n, args)
+                print(f"memory {n}: {memory[n]:.0f} MiB", file=sys.stderr, flush=True)
+        loads.append(os.getloadavg()[0])
+        report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem, loads, pnemo_info)
+    finally:
+        if worker:
+            worker.close()
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

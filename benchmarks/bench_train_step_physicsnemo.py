@@ -1,0 +1,98 @@
+"""PhysicsNeMo MeshGraphNet training steps, driven by benchmarks/bench_train_step.py from a separate venv.
+
+Runs with the python of a venv holding ``nvidia-physicsnemo`` (+ torch_geometric, torch-scatter), NOT meshgnn's.
+Inputs come from the ``.npz`` the benchmark writes (senders, receivers, node/edge features, target), so both
+measure the same graph. The model: ``physicsnemo.models.meshgraphnet.MeshGraphNet`` with 15 processor blocks,
+hidden 128 everywhere, 2 hidden layers per MLP, sum aggregation, concat trick on ("concat") or off ("noconcat"),
+on a PyG ``Data`` graph; one step = zero_grad, forward, MSE, backward, Adam step (lr 1e-4), as in ours.
+
+Modes:
+    --memory VARIANT   one warm-up step, then print ``{"peak_mib": ...}`` for a second step (peak RSS growth)
+    (default)          print an info line, then answer ``step concat`` / ``step noconcat`` lines on stdin with
+                       ``{"wall_s": ..., "cpu_s": ...}``; ``quit`` ends.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def load_inputs(path: str):
+    d = np.load(path)
+    from torch_geometric.data import Data
+
+    edge_index = torch.from_numpy(np.stack([d["senders"], d["receivers"]])).long()
+    graph = Data(edge_index=edge_index, num_nodes=int(d["node_features"].shape[0]))
+    return (graph, torch.from_numpy(d["node_features"]), torch.from_numpy(d["edge_features"]),
+            torch.from_numpy(d["target"]))
+
+
+def build_step(variant: str, inputs):
+    """``step()`` of one PhysicsNeMo MGN training step; ``variant`` is "concat" or "noconcat"."""
+    from physicsnemo.models.meshgraphnet import MeshGraphNet
+
+    graph, xn, xe, target = inputs
+    torch.manual_seed(0)
+    model = MeshGraphNet(input_dim_nodes=xn.shape[1], input_dim_edges=xe.shape[1], output_dim=target.shape[1],
+                         processor_size=15, num_layers_node_processor=2, num_layers_edge_processor=2,
+                         hidden_dim_processor=128, hidden_dim_node_encoder=128, num_layers_node_encoder=2,
+                         hidden_dim_edge_encoder=128, num_layers_edge_encoder=2, hidden_dim_node_decoder=128,
+                         num_layers_node_decoder=2, aggregation="sum", do_concat_trick=(variant == "concat"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(xn, xe, graph), target)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--inputs", required=True, help=".npz written by bench_train_step.py")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    p.add_argument("--memory", default="", help="concat|noconcat: print the peak RSS growth of a step and exit")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    inputs = load_inputs(args.inputs)
+    if args.memory:
+        step = build_step(args.memory, inputs)
+        step()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = rss_kib()
+        step()
+        print(json.dumps({"peak_mib": (rss_kib("VmHWM") - before) / 1024}))
+        return 0
+    import physicsnemo
+
+    steps = {v: build_step(v, inputs) for v in ("concat", "noconcat")}
+    print(json.dumps({"physicsnemo": physicsnemo.__version__, "torch": torch.__version__, "graph": "PyG Data"}),
+          flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        w0, c0 = time.perf_counter(), time.process_time()
+        steps[cmd[1]]()
+        print(json.dumps({"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
