@@ -41,7 +41,10 @@ class PatchedState:
     def initial(self) -> list[torch.Tensor]:
         return [p._frame(self.traj, 0) for p in self.patches]
 
-    def reference(self, k) -> list[torch.Tensor]:
+    def reference(self, k) -> list:
+        """The data's frame ``k`` per patch (its prescribed rows are imposed); ``None``s beyond the data."""
+        if k >= self.ds.num_steps(self.traj):
+            return [None] * len(self.patches)
         return [p._frame(self.traj, k) for p in self.patches]
 
     @torch.no_grad()
@@ -49,7 +52,7 @@ class PatchedState:
         out = [self.sim.step(y, s, p.tensors, y_next_fixed=r, fixed=f, halo_exchange=self.layer_exchange)
                for y, s, p, r, f in zip(ys, self.static, self.patches, refs, self.fixed)]
         if self.layer_exchange is not None:          # one union patch: its rows are the flat buffer
-            out = [self.halo.bcast_flat(out[0])]
+            out = [self.halo.bcast_flat_(out[0])]
         elif self.halo is not None:
             out = self.halo.bcast(out)
         return out
@@ -90,15 +93,19 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
     if traj not in ds.trajectories:
         raise MeshgnnError(f"{cfg.dataset}: trajectory {traj!r} not found (have {', '.join(ds.trajectories)})")
     T = ds.num_steps(traj)
-    steps = min(cfg.steps or T - 1, T - 1)
+    steps = cfg.steps or T - 1          # beyond the data (T - 1): a forecast, prescribed nodes hold their values
     if steps < 1:
-        raise MeshgnnError(f"{cfg.dataset}: /trajectories/{traj}: needs at least 2 time steps to roll out")
+        raise MeshgnnError(f"{cfg.dataset}: /trajectories/{traj}: needs at least 2 time steps to roll out "
+                           f"(or --steps)")
 
     patches, halo = _rollout_patches(cfg, ds, sim, comm, device)
     st = PatchedState(sim, ds, traj, patches, comm, halo, per_layer=cfg.halo_mode == "per-layer")
     out = Path(cfg.out)
     names, comps = layout.state_fields, layout.state_components
-    times = ds.times(traj)
+    times = np.asarray(ds.times(traj), dtype=np.float64)
+    if steps > T - 1:
+        step_dt = times[-1] - times[-2] if T > 1 else ds.dt
+        times = np.concatenate([times, times[-1] + step_dt * np.arange(1, steps - (T - 1) + 1)])
     writer = tracker = baseline = None
     fixed_global = None
     if comm.is_root:
@@ -131,7 +138,9 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         ys = st.advance(ys, refs)
         t_model += time.perf_counter() - t0
         pred = st.gather(ys)
-        if comm.is_root:
+        if comm.is_root and k >= T:
+            writer.write_step(k, float(times[k]), split_fields(pred, names, comps))
+        elif comm.is_root:
             ref = ds.read_state(traj, k)
             mask = ~fixed_global
             tracker.update(k, float(times[k]), split_fields(pred, names, comps), split_fields(ref, names, comps), mask)
@@ -142,6 +151,9 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(s_per_step=f"{t_model / k:.3f}")
+        if bar is not None and k >= T:
+            bar.update(1)
+            bar.set_postfix(s_per_step=f"{t_model / k:.3f}", forecast="beyond data")
     if bar is not None:
         bar.close()
     result = dict(trajectory=traj, steps=steps, seconds_per_step=t_model / steps, out=str(out))
@@ -158,7 +170,7 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         if cfg.render and series.exists():
             from .render import render_series
             png = out / f"{names[0]}.png"
-            render_series(series, names[0], png, step=-1, compare=True)
+            render_series(series, names[0], png, step=-1, compare=steps <= T - 1)
             result["png"] = str(png)
     return result
 

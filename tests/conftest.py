@@ -33,7 +33,7 @@ def write_box_dataset(path, n=7, trajectories=2, steps=5, seed=0):
     fields = [FieldSpec("co2", "state", 1, "mol/m^3"), FieldSpec("loading", "state", 1, "mol/kg"),
               FieldSpec("velocity", "static", 3, "m/s")]
     rng = np.random.default_rng(seed)
-    with DatasetWriter(path, pts, {"tetra": tets}, node_type, list(NODE_TYPES), 0.1, fields=fields,
+    with DatasetWriter(path, pts, {"tetra": tets}, node_type, list(NODE_TYPES), 0.6, fields=fields,
                        dirichlet_types=["inlet"], provenance={"generator": "tests.write_box_dataset"}) as w:
         for ti in range(trajectories):
             u = 0.5 + 0.5 * ti

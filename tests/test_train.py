@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +96,24 @@ def test_bad_inputs_give_one_line_errors(box_dataset, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     r = meshgnn_cli("rollout", bad, box_dataset)
     assert r.returncode == 2 and "bad.pt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_rollout_forecasts_beyond_the_data(box_dataset, tmp_path):
+    """--steps past the trajectory's last frame: prescribed nodes hold their values, no reference there."""
+    import pyvista as pv
+
+    r = meshgnn_cli("train", box_dataset, "--out", tmp_path / "t", "--steps", "2", *CLI_SMALL)
+    assert r.returncode == 0, r.stderr
+    r = meshgnn_cli("rollout", tmp_path / "t" / "checkpoint.pt", box_dataset, "--out", tmp_path / "r",
+                    "--steps", "7", "--progress", "false")
+    assert r.returncode == 0, r.stderr
+    reader = pv.get_reader(str(tmp_path / "r" / "rollout.pvd"))
+    times = list(reader.time_values)
+    assert len(times) == 8 and np.allclose(np.diff(times), np.diff(times)[0])
+    reader.set_active_time_value(times[-1])
+    last = reader.read()[0]
+    assert "co2" in last.point_data and "co2_ref" not in last.point_data
+    assert np.isfinite(last.point_data["co2"]).all()
+    rows = list(csv.DictReader(open(tmp_path / "r" / "rmse.csv")))
+    assert [int(x["step"]) for x in rows] == [1, 2, 3, 4]
+    assert (tmp_path / "r" / "co2.png").exists()
