@@ -369,6 +369,19 @@ def test_nan_in_training_data_stops_with_diagnostic_and_keeps_checkpoint(work, c
     assert all(np.isfinite(v.numpy()).all() for v in state["trainer"]["simulator"].values() if hasattr(v, "numpy"))
 
 
+def test_diverging_training_stops_with_diagnostic(work, capsys, tmp_path):
+    """Clean data, absurd learning rate: the weights blow up, the loss turns NaN; training stops naming the step
+    and the parameters, no data field is blamed, and the checkpoint of the step before loads."""
+    out = tmp_path / "run"
+    line = expect_error(capsys, "diverging training (--lr 1e30): non-finite loss/gradients",
+                        ["train", work["ds"], "--out", out, "--steps", "20", "--checkpoint-every", "1", "--lr", "1e30",
+                         "--lr-final", "1e30", *CLI_SMALL], "non-finite loss/gradients at step",
+                        "parameters with non-finite gradients", "last good checkpoint is kept")
+    assert "non-finite node values in the data" not in line
+    failed_at = int(line.split("at step ")[1].split()[0])
+    assert load(out / "checkpoint.pt")["trainer"]["step"] == failed_at
+
+
 # ------------------------------------------------------------------------------------------------ rank loss
 def _rank_pid(tag: str, rank: int) -> int | None:
     """pid of the MPI rank ``rank`` of the job whose environment carries RELTEST_TAG=tag."""
