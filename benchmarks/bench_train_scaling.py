@@ -86,11 +86,11 @@ def worker(args) -> int:
     tr = Trainer(cfg, comm)
     recs = [tr.step() for _ in range(args.warmup + args.steps)]
     timed = recs[args.warmup:]
-    # bytes per step over the timed steps only
+    # bytes of one step: the counters' difference over one more step (set-up traffic excluded)
     ar0 = getattr(comm, "bytes_allreduced", 0)
     sf = getattr(tr, "sf", None)
     sf0 = sf.bytes_exchanged if sf is not None else 0
-    extra = [tr.step() for _ in range(1)]  # one more step to count bytes per step exactly
+    last = tr.step()
     ar = getattr(comm, "bytes_allreduced", 0) - ar0
     halo = (sf.bytes_exchanged - sf0) if sf is not None else 0
     nparams = sum(p.numel() for p in tr.sim.model.parameters())
@@ -109,9 +109,8 @@ def worker(args) -> int:
     halos = comm.gather_object(halo)
     res = dict(mode=args.mode, ranks=comm.size, seconds=statistics.median(r["seconds"] for r in timed),
                nodes_per_s=statistics.median(r["nodes_per_s"] for r in timed), allreduce_bytes=ar,
-               halo_bytes=sum(halos) if halos else 0, params=nparams, probe=probe, loss=extra[-1]["loss"],
-               patch_nodes=sum(p.tensors.num_nodes if hasattr(p.tensors, "num_nodes") else len(p.nodes)
-                               for p in tr.patches))
+               halo_bytes=sum(halos) if halos else 0, params=nparams, probe=probe, loss=last["loss"],
+               patch_nodes=sum(len(p.nodes) for p in tr.patches))
     pn = comm.gather_object(res["patch_nodes"])
     if comm.is_root:
         res["patch_nodes"] = sum(pn)
