@@ -187,8 +187,10 @@ def probe_memory(name: str, args) -> float:
 class PhysicsNemoWorker:
     """The PhysicsNeMo step driver in its own venv; ``step(variant)`` -> (wall s, cpu s) of one step."""
 
-    def __init__(self, python: str, inputs_path: str, threads: int):
-        self.proc = subprocess.Popen([python, PNEMO_SCRIPT, "--inputs", inputs_path, "--threads", str(threads)],
+    def __init__(self, python: str, inputs_path: str, threads: int, variants: list[str], warmup: int):
+        cmd = [python, PNEMO_SCRIPT, "--inputs", inputs_path, "--threads", str(threads), "--variants", *variants,
+               "--warmup", str(max(warmup, 1))]  # >= 1: its first call runs torch.compile
+        self.proc = subprocess.Popen(cmd,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.info = self._read()
 
@@ -205,9 +207,12 @@ class PhysicsNemoWorker:
 
     def close(self):
         if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
 
 
 def save_inputs(problem, path: str) -> None:
@@ -249,6 +254,8 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
             continue
         parts = [f"vs {b}: {fmt_ratio(med.get(b, float('nan')), med[ours])}"
                  for b in ("PyG", "PhysicsNeMo concat", "PhysicsNeMo no-concat") if b in med]
+        parts += [f"cpu-time vs {b}: {fmt_ratio(med_cpu.get(b, float('nan')), med_cpu[ours])}"
+                  for b in ("PyG", "PhysicsNeMo concat") if b in med_cpu]
         print(f"  {ours:22s} " + ", ".join(parts))
     if "PhysicsNeMo concat" in med:
         r32 = med["PhysicsNeMo concat"] / med["ours fp32"]
@@ -261,8 +268,10 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
         print(f"target >= 75% of GEMM: {100 * rows['ours fp32'][3]:.0f}% "
               f"{'MET' if rows['ours fp32'][3] >= 0.75 else 'NOT met'} (PhysicsNeMo not run)")
     big = max(gemm_med, key=lambda s: s[0] * s[1] * s[2])
-    print(f"reference fp32 GEMM {big} (fwd+dX+dW): {3 * 2 * big[0] * big[1] * big[2] / gemm_med[big] / 1e9:.1f} "
-          f"GFLOP/s")
+    big_flops = 3 * 2 * big[0] * big[1] * big[2]
+    bf16 = time_gemms([big], torch.bfloat16)[big]
+    print(f"reference GEMM {big} (fwd+dX+dW): fp32 {big_flops / gemm_med[big] / 1e9:.1f} GFLOP/s, "
+          f"bf16 {big_flops / bf16 / 1e9:.1f} GFLOP/s (bf16/fp32 time {bf16 / gemm_med[big]:.1f}x)")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -313,24 +322,37 @@ def main(argv=None) -> int:
     worker = None
     try:
         steps = {n: build(n, problem)[1] for n in names if n in OURS}
-        if pnemo_names:
-            save_inputs(problem, args._inputs_path)
-            worker = PhysicsNemoWorker(args.physicsnemo_python, args._inputs_path, args.threads)
-            for n in pnemo_names:
-                steps[n] = (lambda v: lambda: worker.step(v))(PNEMO[n])
-        shapes = sorted(set().union(*(gemm_of(n) for n in names)))
-        times, cpu = collections.defaultdict(list), collections.defaultdict(list)
-        gemm_times = collections.defaultdict(list)
-        for n in names:
+        for n in [n for n in names if n in OURS]:
             for _ in range(args.warmup):
                 steps[n]()
             print(f"warm-up {n} done", file=sys.stderr, flush=True)
+        if pnemo_names:
+            save_inputs(problem, args._inputs_path)
+
+        def pnemo_step(variant):
+            """Starts the worker on first use (after our steps of round 1: its venv may still be installing)."""
+            nonlocal worker
+            if worker is None:
+                worker = PhysicsNemoWorker(args.physicsnemo_python, args._inputs_path, args.threads,
+                                           [PNEMO[n] for n in pnemo_names], args.warmup)
+            return worker.step(variant)
+
+        for n in pnemo_names:
+            steps[n] = (lambda v: lambda: pnemo_step(v))(PNEMO[n])
+        shapes = sorted(set().union(*(gemm_of(n) for n in names)))
+        times, cpu = collections.defaultdict(list), collections.defaultdict(list)
+        gemm_times = collections.defaultdict(list)
         for r in range(args.repeats):
             for s, t in time_gemms(shapes).items():
                 gemm_times[s].append(t)
-            for n in names:
+            for n in list(names):
                 if n in PNEMO:
-                    w, c = steps[n]()
+                    try:
+                        w, c = steps[n]()
+                    except (RuntimeError, OSError, ValueError) as exc:
+                        print(f"SKIPPING {n}: PhysicsNeMo worker failed ({exc})", file=sys.stderr)
+                        names.remove(n)
+                        continue
                 else:
                     w, c = timed(steps[n])
                 times[n].append(w)

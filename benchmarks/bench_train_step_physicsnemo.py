@@ -66,6 +66,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--inputs", required=True, help=".npz written by bench_train_step.py")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    p.add_argument("--variants", nargs="+", default=["concat", "noconcat"], help="models to build")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before the info line")
     p.add_argument("--memory", default="", help="concat|noconcat: print the peak RSS growth of a step and exit")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +83,10 @@ def main() -> int:
         return 0
     import physicsnemo
 
-    steps = {v: build_step(v, inputs) for v in ("concat", "noconcat")}
+    steps = {v: build_step(v, inputs) for v in args.variants}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
     print(json.dumps({"physicsnemo": physicsnemo.__version__, "torch": torch.__version__, "graph": "PyG Data"}),
           flush=True)
     for line in sys.stdin:
