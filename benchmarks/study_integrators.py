@@ -14,7 +14,7 @@ times a few steps (CPU) first; training then stops at the budget or at the plann
 Run (writes <work>/<config>_s<seed>/result.json, the table to stdout and --plot):
 
     .venv/bin/python benchmarks/study_integrators.py --data /tmp/intstudy/data.h5 --work /tmp/intstudy/runs \
-        --budget-cpu-s 130 --seeds 0 1 --jobs 12 --plot docs/img/integrator_study.png
+        --budget-cpu-s 120 --seeds 0 1 --jobs 12 --plot docs/img/integrator_study.png
 
 ``--report-only`` rebuilds the table and plot from an existing work folder.
 """
@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--work", default="/tmp/intstudy/runs", help="folder for runs (checkpoints, rollouts, results)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds (initialisation, sampling, noise)")
-    p.add_argument("--budget-cpu-s", type=float, default=130.0, help="training CPU seconds per configuration")
+    p.add_argument("--budget-cpu-s", type=float, default=120.0, help="training CPU seconds per configuration")
     p.add_argument("--latent", type=int, default=32, help="latent size H (all configurations)")
     p.add_argument("--hidden-layers", type=int, default=2, help="hidden layers per MLP")
     p.add_argument("--noise", type=float, default=0.02, help="training noise std (relative to the field std)")
