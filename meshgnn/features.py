@@ -94,8 +94,10 @@ class Normalizer(nn.Module):
         n = self.count.clamp(min=1.0)
         mean = self.sum / n
         var = (self.sumsq / n - mean * mean).clamp(min=0.0)
-        # A floor relative to the feature's magnitude keeps constant features (var ~ round-off) at zero.
-        floor = 1e-6 * torch.sqrt(self.sumsq / n) + self.std_epsilon
+        # A floor relative to the feature's magnitude: a feature (nearly) constant over the training data is
+        # scaled by 1% of its magnitude, so a different value at inference (another trajectory's inlet velocity)
+        # gives O(100 x relative change), not O(1e6) that saturates the MLPs and silences every other input.
+        floor = 1e-2 * torch.sqrt(self.sumsq / n) + self.std_epsilon
         return torch.maximum(torch.sqrt(var), floor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def write_box_dataset(path, n=7, trajectories=2, steps=5, seed=0):
                        dirichlet_types=["inlet"], provenance={"generator": "tests.write_box_dataset"}) as w:
         for ti in range(trajectories):
             u = 0.5 + 0.5 * ti
-            vel = np.stack([0.1 * np.sin(3 * y), 0.1 * np.cos(2 * x), u + 0 * z], 1)
+            vel = np.stack([0.1 * np.sin(3 * y), 0.1 * np.cos(2 * x), u * (1 + 0.3 * np.sin(4 * x + 2 * y))], 1)
             tid = f"traj{ti:02d}"
             w.add_trajectory(tid, steps, parameters={"inlet_velocity": u}, static={"velocity": vel})
             phase = rng.uniform(0, 1)
