@@ -3,23 +3,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+TSTAMP := $(VENV)/.installed-test-stamp
 DEMO   ?= demo_out
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+$(TSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TSTAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/meshgnn demo --out $(DEMO)
 
-test: $(STAMP)
+test: $(TSTAMP)
 	$(PY) -m pytest -q --timeout=900 tests
 
 clean:
