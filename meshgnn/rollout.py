@@ -98,7 +98,7 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         raise MeshgnnError(f"{cfg.dataset}: /trajectories/{traj}: needs at least 2 time steps to roll out "
                            f"(or --steps)")
 
-    patches, halo = _rollout_patches(cfg, ds, sim, comm, device)
+    patches, halo, owner = _rollout_patches(cfg, ds, sim, comm, device)
     st = PatchedState(sim, ds, traj, patches, comm, halo, per_layer=cfg.halo_mode == "per-layer")
     out = Path(cfg.out)
     names, comps = layout.state_fields, layout.state_components
@@ -112,8 +112,8 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         fixed_global = sim.fixed_mask(torch.from_numpy(np.asarray(ds.node_type, np.int64))).numpy()
         static_data = {"node_type": np.asarray(ds.node_type, np.int32)}
-        if cfg.parts:
-            static_data["part"] = np.asarray(st_owner(cfg.parts), np.int32)
+        if owner is not None:
+            static_data["part"] = np.asarray(owner, np.int32)
         units = {n: layout.units.get(n, "") for n in names}
         units.update({f"{n}_ref": u for n, u in units.items()} | {f"{n}_err": u for n, u in units.items()})
         writer = RolloutWriter(out, ds.points, ds.cells, formats=tuple(cfg.formats), every=cfg.every, units=units,
@@ -188,11 +188,6 @@ def _check_finite_inputs(path, traj, layout, st: PatchedState, ys) -> None:
                                  f"{what}: {n} nodes with non-finite values (NaN/Inf); expected finite numbers")
 
 
-def st_owner(parts_path):
-    from decomposition import PartStore
-    return PartStore(parts_path).owner
-
-
 def _frame_data(pred, ref, names, comps) -> dict:
     p = split_fields(pred, names, comps)
     r = split_fields(ref, names, comps)
@@ -217,7 +212,7 @@ def _rollout_patches(cfg, ds, sim, comm, device):
     if not cfg.parts:
         if comm.size > 1:
             raise MeshgnnError("a rollout on several ranks needs --parts (a part store from `meshgnn partition`)")
-        return [PatchData.whole(ds, device, cache, torch.float32)], None
+        return [PatchData.whole(ds, device, cache, torch.float32)], None, None
     from decomposition import PartStore
 
     from .halo import StarForest
@@ -230,7 +225,7 @@ def _rollout_patches(cfg, ds, sim, comm, device):
         raise MeshgnnError(f"{cfg.parts}: halo depth {store.halo} is too shallow for an exact {cfg.halo_mode} rollout "
                            f"(needs >= {need} = {'1' if per_layer else 'layers x stages'}; re-partition with "
                            f"--halo {need} or use --halo-mode per-layer)")
-    counts = [int(np.sum(store.owner == p)) for p in range(store.num_parts)]
+    counts = np.bincount(store.owner, minlength=store.num_parts).tolist()
     parts_of_rank = assign_parts(counts, comm.size)
     mine = parts_of_rank[comm.rank]
     if not mine:
@@ -244,4 +239,4 @@ def _rollout_patches(cfg, ds, sim, comm, device):
                                  owner=store.owner, depth=1 if per_layer else None)
     if per_layer:
         patches = [PatchData.union(patches)]
-    return patches, halo
+    return patches, halo, store.owner

@@ -207,7 +207,7 @@ class Trainer:
                 f"(re-partition with --halo {need}, use --halo-mode per-layer, or pass --allow-inexact)")
         self.store = store
         self.num_parts = store.num_parts
-        counts = [int(np.sum(store.owner == p)) for p in range(store.num_parts)]
+        counts = np.bincount(store.owner, minlength=store.num_parts).tolist()
         self.parts_of_rank = assign_parts(counts, comm.size)
         mine = self.parts_of_rank[comm.rank]
         if not mine:

@@ -157,7 +157,7 @@ def test_rollout_step_leaves_the_callers_state_alone(box_dataset, heun3_run, mod
                         halo_mode="lhop" if mode == "whole" else mode)
     ds = Dataset(box_dataset)
     traj = TRAJ
-    patches, sf = _rollout_patches(cfg, ds, sim, LocalComm(), torch.device("cpu"))
+    patches, sf, _ = _rollout_patches(cfg, ds, sim, LocalComm(), torch.device("cpu"))
     st = PatchedState(sim, ds, traj, patches, LocalComm(), sf, per_layer=mode == "per-layer")
     ys = st.initial()
     before = [y.clone() for y in ys]
