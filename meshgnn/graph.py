@@ -126,4 +126,8 @@ class Graph:
         return torch.stack([self.senders, self.receivers])
 
     def to(self, device) -> "Graph":
-        return Graph(self.senders.to(device), self.receivers.to(device), self.rowptr.to(device), self.num_nodes)
+        """The same graph on ``device`` (with the sender CSR, when already built)."""
+        g = Graph(self.senders.to(device), self.receivers.to(device), self.rowptr.to(device), self.num_nodes)
+        if self._sender_csr is not None:
+            g._sender_csr = tuple(t.to(device) for t in self._sender_csr)
+        return g

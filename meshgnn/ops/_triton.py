@@ -1,67 +1,103 @@
 """Triton GPU kernels for receiver-sorted CSR graphs (used for CUDA tensors when triton is importable).
 
-One program handles one CSR row (node) and one block of ``BLOCK_F`` features, and walks the row's edges in
-order, so results are deterministic (no atomics). Accumulation is float32 (float64 for float64 inputs).
-``TRITON_INTERPRET=1`` runs the same kernels on CPU tensors (how the tests check them without a GPU).
+Each program handles a block of ``ROWS`` consecutive CSR rows (nodes) and ``BLOCK_F`` features as one
+``(ROWS, BLOCK_F)`` tile, and walks the rows' edges in lock-step: step ``k`` loads edge ``start + k`` of every row in
+the tile that has one (masked), so a program keeps ``ROWS`` independent loads in flight instead of one. Every row
+still adds its own edges in CSR order, one after the other, so the result does not depend on the tile shape or the
+launch configuration: deterministic and bitwise reproducible (no atomics). Accumulation is float32 (float64 for
+float64 inputs).
+
+The tile is ``TILE`` (rows per program, feature block, warps; ``set_tile`` or the environment variable
+``MESHGNN_TRITON_TILE=rows,block_f,warps`` change it, e.g. for the sweep in benchmarks/bench_aggregation.py); the
+feature block shrinks to the next power of two of F for narrow features.
 
 Shapes: ``values``/``c``/``out`` are ``(E, F)``, ``x``/``a``/``b`` are ``(N, F)``, index tensors int64.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
+TILE = {"rows": 8, "block_f": 128, "num_warps": 4}
+
+
+def set_tile(rows: int, block_f: int, num_warps: int) -> None:
+    """Launch configuration of all kernels (powers of two); results do not depend on it (module doc)."""
+    for v in (rows, block_f, num_warps):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"tile sizes must be powers of two, got {(rows, block_f, num_warps)}")
+    TILE.update(rows=rows, block_f=block_f, num_warps=num_warps)
+
+
+if os.environ.get("MESHGNN_TRITON_TILE"):
+    set_tile(*(int(v) for v in os.environ["MESHGNN_TRITON_TILE"].split(",")))
+
+
+def _launch(kernel, n: int, F: int, *args, **kw) -> None:
+    block = min(TILE["block_f"], triton.next_power_of_2(max(F, 1)))
+    grid = (triton.cdiv(n, TILE["rows"]), triton.cdiv(F, block))
+    kernel[grid](*args, ROWS=TILE["rows"], BLOCK_F=block, num_warps=TILE["num_warps"], **kw)
+
 
 @triton.jit
-def _segment_sum_kernel(x_ptr, perm_ptr, rowptr_ptr, out_ptr, F,
-                        HAS_PERM: tl.constexpr, ACC: tl.constexpr, BLOCK_F: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _segment_sum_kernel(x_ptr, perm_ptr, rowptr_ptr, out_ptr, N, F,
+                        HAS_PERM: tl.constexpr, ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK_F: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     offs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask = offs < F
-    start = tl.load(rowptr_ptr + row)
-    end = tl.load(rowptr_ptr + row + 1)
-    acc = tl.zeros([BLOCK_F], dtype=ACC)
-    for j in range(start, end):
+    row_ok = rows < N
+    fmask = offs < F
+    start = tl.load(rowptr_ptr + rows, mask=row_ok, other=0)
+    deg = tl.load(rowptr_ptr + rows + 1, mask=row_ok, other=0) - start
+    acc = tl.zeros([ROWS, BLOCK_F], dtype=ACC)
+    for k in range(0, tl.max(deg, axis=0)):
+        live = k < deg
+        j = start + k
         if HAS_PERM:
-            src = tl.load(perm_ptr + j)
+            src = tl.load(perm_ptr + j, mask=live, other=0)
         else:
             src = j
-        acc += tl.load(x_ptr + src * F + offs, mask=mask, other=0.0).to(ACC)
-    tl.store(out_ptr + row * F + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        m = live[:, None] & fmask[None, :]
+        acc += tl.load(x_ptr + src[:, None] * F + offs[None, :], mask=m, other=0.0).to(ACC)
+    tl.store(out_ptr + rows[:, None] * F + offs[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & fmask[None, :])
 
 
 @triton.jit
-def _segment_expand_kernel(x_ptr, rowptr_ptr, out_ptr, F, BLOCK_F: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _segment_expand_kernel(x_ptr, rowptr_ptr, out_ptr, N, F, ROWS: tl.constexpr, BLOCK_F: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     offs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask = offs < F
-    start = tl.load(rowptr_ptr + row)
-    end = tl.load(rowptr_ptr + row + 1)
-    x = tl.load(x_ptr + row * F + offs, mask=mask)
-    for j in range(start, end):
-        tl.store(out_ptr + j * F + offs, x, mask=mask)
+    row_ok = rows < N
+    fmask = offs < F
+    start = tl.load(rowptr_ptr + rows, mask=row_ok, other=0)
+    deg = tl.load(rowptr_ptr + rows + 1, mask=row_ok, other=0) - start
+    x = tl.load(x_ptr + rows[:, None] * F + offs[None, :], mask=row_ok[:, None] & fmask[None, :])
+    for k in range(0, tl.max(deg, axis=0)):
+        m = (k < deg)[:, None] & fmask[None, :]
+        tl.store(out_ptr + (start + k)[:, None] * F + offs[None, :], x, mask=m)
 
 
 @triton.jit
-def _gather_add_kernel(a_ptr, b_ptr, c_ptr, senders_ptr, rowptr_ptr, out_ptr, F,
-                       ACC: tl.constexpr, BLOCK_F: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _gather_add_kernel(a_ptr, b_ptr, c_ptr, senders_ptr, rowptr_ptr, out_ptr, N, F,
+                       ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK_F: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     offs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask = offs < F
-    start = tl.load(rowptr_ptr + row)
-    end = tl.load(rowptr_ptr + row + 1)
-    b = tl.load(b_ptr + row * F + offs, mask=mask, other=0.0).to(ACC)
-    for j in range(start, end):
-        s = tl.load(senders_ptr + j)
-        a = tl.load(a_ptr + s * F + offs, mask=mask, other=0.0).to(ACC)
-        c = tl.load(c_ptr + j * F + offs, mask=mask, other=0.0).to(ACC)
-        tl.store(out_ptr + j * F + offs, ((a + b) + c).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _grid(n: int, F: int):
-    block = min(triton.next_power_of_2(max(F, 1)), 128)
-    return (n, triton.cdiv(F, block)), block
+    row_ok = rows < N
+    fmask = offs < F
+    start = tl.load(rowptr_ptr + rows, mask=row_ok, other=0)
+    deg = tl.load(rowptr_ptr + rows + 1, mask=row_ok, other=0) - start
+    b = tl.load(b_ptr + rows[:, None] * F + offs[None, :], mask=row_ok[:, None] & fmask[None, :],
+                other=0.0).to(ACC)
+    for k in range(0, tl.max(deg, axis=0)):
+        live = k < deg
+        j = start + k
+        m = live[:, None] & fmask[None, :]
+        s = tl.load(senders_ptr + j, mask=live, other=0)
+        a = tl.load(a_ptr + s[:, None] * F + offs[None, :], mask=m, other=0.0).to(ACC)
+        c = tl.load(c_ptr + j[:, None] * F + offs[None, :], mask=m, other=0.0).to(ACC)
+        tl.store(out_ptr + j[:, None] * F + offs[None, :], ((a + b) + c).to(out_ptr.dtype.element_ty), mask=m)
 
 
 def _acc(dtype: torch.dtype):
@@ -74,9 +110,8 @@ def segment_sum(values: torch.Tensor, rowptr: torch.Tensor, perm: torch.Tensor |
     out = values.new_empty((n, F))
     if n == 0 or F == 0:
         return out
-    grid, block = _grid(n, F)
-    _segment_sum_kernel[grid](values, perm if perm is not None else rowptr, rowptr, out, F,
-                              HAS_PERM=perm is not None, ACC=_acc(values.dtype), BLOCK_F=block)
+    _launch(_segment_sum_kernel, n, F, values, perm if perm is not None else rowptr, rowptr, out, n, F,
+            HAS_PERM=perm is not None, ACC=_acc(values.dtype))
     return out
 
 
@@ -86,8 +121,7 @@ def segment_expand(x: torch.Tensor, rowptr: torch.Tensor, num_edges: int) -> tor
     out = x.new_empty((num_edges, F))
     if n == 0 or F == 0 or num_edges == 0:
         return out
-    grid, block = _grid(n, F)
-    _segment_expand_kernel[grid](x, rowptr, out, F, BLOCK_F=block)
+    _launch(_segment_expand_kernel, n, F, x, rowptr, out, n, F)
     return out
 
 
@@ -97,6 +131,5 @@ def gather_add(a, b, c, senders, receivers, rowptr) -> torch.Tensor:
     out = torch.empty_like(c)
     if n == 0 or F == 0 or c.shape[0] == 0:
         return out
-    grid, block = _grid(n, F)
-    _gather_add_kernel[grid](a, b, c, senders, rowptr, out, F, ACC=_acc(c.dtype), BLOCK_F=block)
+    _launch(_gather_add_kernel, n, F, a, b, c, senders, rowptr, out, n, F, ACC=_acc(c.dtype))
     return out
