@@ -8,8 +8,12 @@ For each edge count (about 14 directed edges per node, from a Kuhn-split hexahed
   * the fused gather_add ``a[s] + b[r] + c`` against the unfused torch expression.
 Ratios are ``baseline time / ours time`` (> 1: ours is faster).
 
+``--device cuda`` runs the same on a GPU (ours = the Triton kernels; every timed call is bracketed by
+``torch.cuda.synchronize()``) and adds ours' effective memory bandwidth (bytes that must move at least once).
+
     python benchmarks/bench_aggregation.py --edges 1e6 3e6 --dtypes float32 bfloat16 \
         --results benchmarks/RESULTS.md
+    python benchmarks/bench_aggregation.py --device cuda --edges 1e6 3e6 30e6 --repeats 20
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ def mesh_graph(target_edges: float) -> Graph:
 def aggregation_methods(graph: Graph) -> dict:
     """name -> fn(values) -> (N,F), all summing incoming edge values (receiver-sorted ``values``)."""
     n, r, rowptr = graph.num_nodes, graph.receivers, graph.rowptr
-    shuffle = torch.randperm(graph.num_edges, generator=torch.Generator().manual_seed(0))
+    shuffle = torch.randperm(graph.num_edges, generator=torch.Generator().manual_seed(0)).to(r.device)
     r_shuffled = r[shuffle]
 
     def ours(v):
@@ -95,22 +99,31 @@ def gather_methods(graph: Graph) -> dict:
     return {"ours_fused": fused, "torch_unfused": unfused}
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds of all threads) of one call."""
+    """(wall seconds, process CPU seconds of all threads) of one call (device work included)."""
+    _sync()
     t0, c0 = time.perf_counter(), time.process_time()
     fn()
+    _sync()
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_case(graph: Graph, F: int, dtype: torch.dtype, repeats: int) -> list[tuple[str, str, float, float]]:
+def run_case(graph: Graph, F: int, dtype: torch.dtype, repeats: int,
+             device: str = "cpu") -> list[tuple[str, str, float, float]]:
     """Median (wall, CPU) seconds of every (kind, method) for one graph/dtype, methods interleaved per repeat."""
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(device).manual_seed(1)
     E, n = graph.num_edges, graph.num_nodes
-    values = torch.randn(E, F, generator=gen).to(dtype)
-    node_a, node_b = (torch.randn(n, F, generator=gen).to(dtype) for _ in range(2))
-    grad_nodes = torch.randn(n, F, generator=gen).to(dtype)
-    grad_edges = torch.randn(E, F, generator=gen).to(dtype)
+    values = torch.randn(E, F, generator=gen, device=device).to(dtype)
+    node_a, node_b = (torch.randn(n, F, generator=gen, device=device).to(dtype) for _ in range(2))
+    grad_nodes = torch.randn(n, F, generator=gen, device=device).to(dtype)
+    grad_edges = torch.randn(E, F, generator=gen, device=device).to(dtype)
     agg, shuffle = aggregation_methods(graph)
+    shuffle = shuffle.to(device)
     values_shuffled = values[shuffle]
     graph.sender_perm  # noqa: B018  (cached once per graph, as in training)
 
@@ -149,8 +162,61 @@ def run_case(graph: Graph, F: int, dtype: torch.dtype, repeats: int) -> list[tup
             for (k, m), ts in times.items()]
 
 
-def report(rows, E: int, n: int, F: int, dtype: torch.dtype) -> list[str]:
+def min_bytes(kind: str, E: int, n: int, F: int, itemsize: int) -> int:
+    """Bytes a kernel must move at least once: the edge and node arrays it reads and writes, int64 indices."""
+    if kind == "aggregate fwd":          # read (E,F) + rowptr, write (N,F)
+        return (E + n) * F * itemsize + 8 * (n + 1)
+    if kind == "gather_add fwd":         # read a[s] (N,F at least), b (N,F), c (E,F), senders, write (E,F)
+        return (2 * E + 2 * n) * F * itemsize + 8 * (E + n + 1)
+    return 0
+
+
+def tile_sweep(graph: Graph, F: int, dtypes: list[str], tiles: list[str], repeats: int) -> list[str]:
+    """Median ms of ours' forward kernels (segment_sum, gather_add) for each Triton launch tile."""
+    from meshgnn.ops import _triton
+
+    saved = dict(_triton.TILE)
+    E, n = graph.num_edges, graph.num_nodes
+    lines = [f"\n**Triton launch tiles, E = {E:,}, F = {F}** (rows per program, feature block, warps)\n",
+             "| dtype | tile | segment_sum ms | GB/s | gather_add ms | GB/s |", "|---|---|---:|---:|---:|---:|"]
+    try:
+        for dname in dtypes:
+            dtype = getattr(torch, dname)
+            itemsize = torch.empty(0, dtype=dtype).element_size()
+            v = torch.randn(E, F, device=graph.rowptr.device).to(dtype)
+            a = torch.randn(n, F, device=graph.rowptr.device).to(dtype)
+            for tile in tiles:
+                _triton.set_tile(*(int(x) for x in tile.split(",")))
+                seg = lambda: ops.segment_sum(v, graph.rowptr)  # noqa: E731
+                gat = lambda: ops.gather_add(a, a, v, graph)  # noqa: E731
+                seg(), gat()
+                t_seg = statistics.median(_timed(seg)[0] for _ in range(repeats))
+                t_gat = statistics.median(_timed(gat)[0] for _ in range(repeats))
+                lines.append(f"| {dname} | {tile} | {t_seg * 1e3:.3f} | "
+                             f"{min_bytes('aggregate fwd', E, n, F, itemsize) / t_seg / 1e9:.0f} | "
+                             f"{t_gat * 1e3:.3f} | {min_bytes('gather_add fwd', E, n, F, itemsize) / t_gat / 1e9:.0f} |")
+    finally:
+        _triton.set_tile(saved["rows"], saved["block_f"], saved["num_warps"])
+    return lines
+
+
+def report(rows, E: int, n: int, F: int, dtype: torch.dtype, device: str = "cpu") -> list[str]:
     """Markdown table: median wall and CPU ms, baseline/ours ratios; the best baseline (by wall) is marked."""
+    if device != "cpu":
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        lines = [f"\n**E = {E:,} edges, N = {n:,} nodes, F = {F}, {str(dtype).replace('torch.', '')}, {device}**\n",
+                 "| kind | method | ms | time / ours | GB/s (minimum bytes) |", "|---|---|---:|---:|---:|"]
+        for kind in dict.fromkeys(r[0] for r in rows):
+            sub = [(m, w) for k, m, w, _ in rows if k == kind]
+            ours_w = next(w for m, w in sub if m.startswith("ours"))
+            best = min((r for r in sub if not r[0].startswith("ours")), key=lambda r: r[1])
+            nbytes = min_bytes(kind, E, n, F, itemsize)
+            for m, w in sub:
+                tag = " (best baseline)" if m == best[0] else ""
+                bw = f"{nbytes / w / 1e9:.0f}" if nbytes else ""
+                lines.append(f"| {kind} | {m}{tag} | {w * 1e3:.3f} | {w / ours_w:.2f} | {bw} |")
+            lines.append(f"| {kind} | **best baseline / ours** | | **{best[1] / ours_w:.2f}** | |")
+        return lines
     lines = [f"\n**E = {E:,} edges, N = {n:,} nodes, F = {F}, {str(dtype).replace('torch.', '')}**\n",
              "| kind | method | wall ms | wall / ours | CPU ms | CPU / ours |", "|---|---|---:|---:|---:|---:|"]
     for kind in dict.fromkeys(r[0] for r in rows):
@@ -190,20 +256,33 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per method (median reported)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     ap.add_argument("--results", default=None, help="append the tables to this markdown file")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--tiles", nargs="*", default=[], metavar="R,B,W",
+                    help="CUDA: also time ours' forward kernels for each launch tile rows,block_f,warps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        where = (f"{args.threads} threads, CPU kernel: {ops.kernel_name('cpu')}, "
+                 f"load average at start {os.getloadavg()[0]:.1f} (machine shared with other jobs)")
+    else:
+        where = f"{torch.cuda.get_device_name(args.device)}, kernel: {ops.kernel_name(args.device)}"
     header = [f"\nCommand: `python {' '.join(sys.argv)}`  ",
-              f"torch {torch.__version__}, {args.threads} threads, CPU kernel: {ops.kernel_name('cpu')}, "
-              f"load average at start {os.getloadavg()[0]:.1f} (machine shared with other jobs), "
+              f"torch {torch.__version__}, {where}, "
               f"median of {args.repeats} interleaved repeats; {time.strftime('%Y-%m-%d %H:%M')}"]
     print("\n".join(header), flush=True)
     lines = list(header)
     for target in args.edges:
         graph = mesh_graph(target)
+        graph.sender_perm  # noqa: B018  (built on the host, then moved with the graph)
+        graph = graph.to(args.device)
         for dname in args.dtypes:
             dtype = getattr(torch, dname)
-            rows = run_case(graph, args.features, dtype, args.repeats)
-            table = report(rows, graph.num_edges, graph.num_nodes, args.features, dtype)
+            rows = run_case(graph, args.features, dtype, args.repeats, args.device)
+            table = report(rows, graph.num_edges, graph.num_nodes, args.features, dtype, args.device)
+            print("\n".join(table), flush=True)
+            lines += table
+        if args.tiles:
+            table = tile_sweep(graph, args.features, args.dtypes, args.tiles, args.repeats)
             print("\n".join(table), flush=True)
             lines += table
     if args.results:

@@ -27,6 +27,14 @@ during a second step (VmHWM after resetting it through /proc/self/clear_refs) mi
 
     python benchmarks/bench_train_step.py --repeats 3 --memory \
         --physicsnemo-python /tmp/pnemo-venv/bin/python
+
+On a GPU (``--device cuda``): every timed step and GEMM is bracketed by ``torch.cuda.synchronize()``, the GEMM
+reference runs each product ``--gemm-reps`` times, peak memory is ``torch.cuda.max_memory_allocated`` during a
+step minus the allocation before it (measured in-process), and one more configuration, ``ours tf32``, runs the fp32
+model with TF32 tensor-core matmuls (``torch.set_float32_matmul_precision("high")``); the other fp32 rows keep
+full-fp32 matmuls, as does the fp32 GEMM reference.
+
+    python benchmarks/bench_train_step.py --device cuda --grid 22 40 --repeats 5
 """
 from __future__ import annotations
 
@@ -46,20 +54,22 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from meshgnn import ops  # noqa: E402
 from meshgnn.graph import Graph, edges_from_cells  # noqa: E402
 from meshgnn.meshes import box_tets  # noqa: E402
 from meshgnn.model.mgn import MeshGraphNet  # noqa: E402
 
 NODE_IN, EDGE_IN, NODE_OUT = 8, 4, 3
 PNEMO_SCRIPT = os.path.join(HERE, "bench_train_step_physicsnemo.py")
-OURS = ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat", "PyG")
+OURS = ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat", "PyG", "ours tf32", "PyG bf16")
+DEVICE = torch.device("cpu")   # set by main (--device)
 PNEMO = {"PhysicsNeMo concat": "concat", "PhysicsNeMo no-concat": "noconcat"}
 
 
 # ----------------------------------------------------------------------------------------------- problem
-def make_problem(n: int, seed: int = 0):
+def make_problem(n: int, seed: int = 0, device=None):
     """Graph of the ``n³`` tet grid and seeded inputs: node ``(N, 8)``, edge ``(E, 4)`` (relative position and
-    its norm), target ``(N, 3)``."""
+    its norm), target ``(N, 3)``; on ``device`` (default: the CPU)."""
     points, tets = box_tets(n)
     graph = Graph.from_edge_index(edges_from_cells({"tetra": tets}, len(points)), len(points))
     g = torch.Generator().manual_seed(seed)
@@ -68,6 +78,9 @@ def make_problem(n: int, seed: int = 0):
     edge_features = torch.cat([rel, rel.norm(dim=1, keepdim=True)], dim=1)
     node_features = torch.randn(graph.num_nodes, NODE_IN, generator=g)
     target = torch.randn(graph.num_nodes, NODE_OUT, generator=g)
+    if device is not None and torch.device(device).type != "cpu":
+        graph.sender_perm  # noqa: B018  (built once, moved with the graph)
+        return graph.to(device), node_features.to(device), edge_features.to(device), target.to(device)
     return graph, node_features, edge_features, target
 
 
@@ -99,16 +112,32 @@ def step_flops(gemms: collections.Counter) -> float:
     return sum(3 * 2 * m * k * n * c for (m, k, n), c in gemms.items())
 
 
-def time_gemms(shapes, dtype=torch.float32) -> dict:
-    """Seconds of the three products of one Linear (forward ``x Wᵀ``, ``dX = g W``, ``dW = gᵀ x``) per shape."""
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def precision_of(name: str) -> str:
+    """The matmul precision a configuration's GEMMs run in: ``fp32``, ``tf32`` or ``bf16``."""
+    return "bf16" if "bf16" in name else ("tf32" if "tf32" in name else "fp32")
+
+
+def time_gemms(shapes, dtype=torch.float32, reps: int = 1, tf32: bool = False) -> dict:
+    """Seconds of the three products of one Linear (forward ``x Wᵀ``, ``dX = g W``, ``dW = gᵀ x``) per shape
+    (mean of ``reps`` back-to-back runs)."""
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     out = {}
     for m, k, n in shapes:
-        x, w, g = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(m, n, dtype=dtype)
+        x, w, g = (torch.randn(*s, dtype=dtype, device=DEVICE) for s in ((m, k), (n, k), (m, n)))
+        sync()
         t0 = time.perf_counter()
-        torch.mm(x, w.t())
-        torch.mm(g, w)
-        torch.mm(g.t(), x)
-        out[(m, k, n)] = time.perf_counter() - t0
+        for _ in range(reps):
+            torch.mm(x, w.t())
+            torch.mm(g, w)
+            torch.mm(g.t(), x)
+        sync()
+        out[(m, k, n)] = (time.perf_counter() - t0) / reps
+    torch.set_float32_matmul_precision("highest")
     return out
 
 
@@ -119,7 +148,7 @@ def build(name: str, problem):
 
     graph, xn, xe, target = problem
     torch.manual_seed(0)
-    if name == "PyG":
+    if name.startswith("PyG"):
         model = PygMeshGraphNet(NODE_IN, EDGE_IN, NODE_OUT)
         edge_index = graph.edge_index
         forward = lambda: model(xn, edge_index, xe)  # noqa: E731
@@ -127,16 +156,20 @@ def build(name: str, problem):
         model = MeshGraphNet(NODE_IN, EDGE_IN, NODE_OUT, concat_trick="no-concat" not in name,
                              checkpoint_layers="ckpt" in name)
         forward = lambda: model(xn, graph, edge_features=xe)  # noqa: E731
+    model.to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     bf16 = "bf16" in name
+    precision = "high" if "tf32" in name else "highest"
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        torch.set_float32_matmul_precision(precision)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
             out = forward()
         loss = torch.nn.functional.mse_loss(out.float(), target)
         loss.backward()
         optimizer.step()
+        torch.set_float32_matmul_precision("highest")
         return float(loss.detach())
 
     return model, step
@@ -144,8 +177,10 @@ def build(name: str, problem):
 
 def timed(step) -> tuple[float, float]:
     """Wall and process-CPU seconds of one call."""
+    sync()
     w0, c0 = time.perf_counter(), time.process_time()
     step()
+    sync()
     return time.perf_counter() - w0, time.process_time() - c0
 
 
@@ -159,7 +194,15 @@ def rss_kib(field: str = "VmRSS") -> int:
 
 
 def peak_step_mib(step) -> float:
-    """Peak RSS growth (MiB) during one call of ``step`` (VmHWM reset via /proc/self/clear_refs)."""
+    """Peak RSS growth (MiB) during one call of ``step`` (VmHWM reset via /proc/self/clear_refs); on a GPU the
+    peak of ``torch.cuda.max_memory_allocated`` over the allocation before the step."""
+    if DEVICE.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        sync()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = rss_kib()
@@ -229,8 +272,10 @@ def fmt_ratio(a: float, b: float) -> str:
 
 def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem, loads, pnemo_info):
     graph = problem[0]
+    where = (f"{args.threads} threads" if DEVICE.type == "cpu" else
+             f"{torch.cuda.get_device_name(DEVICE)}, meshgnn kernels: {ops.kernel_name(DEVICE)}")
     print(f"\ngraph: {args.grid}^3 tet grid, {graph.num_nodes:,} nodes, {graph.num_edges:,} directed edges; "
-          f"15 x 128, torch {torch.__version__}, {args.threads} threads; warm-up {args.warmup}, "
+          f"15 x 128, torch {torch.__version__}, {where}; warm-up {args.warmup}, "
           f"median of {args.repeats}; load average {loads[0]:.1f} (start) / {loads[1]:.1f} (end)")
     if pnemo_info:
         print(f"PhysicsNeMo {pnemo_info.get('physicsnemo')} (torch {pnemo_info.get('torch')}, "
@@ -243,17 +288,17 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
     rows = {}
     for n in names:
         gemms = gemm_of(n)
-        t_gemm = sum(gemm_med[s] * c for s, c in gemms.items())
+        t_gemm = sum(gemm_med[(precision_of(n), s)] * c for s, c in gemms.items())
         f = flops(n)
         rows[n] = (med[n], f / med[n] / 1e9, f / t_gemm / 1e9, t_gemm / med[n])
         print(f"{n:24s} {med[n]:8.2f} {med_cpu[n]:8.2f} {f / 1e9:10.1f} {rows[n][1]:8.1f} {rows[n][2]:12.1f} "
               f"{100 * rows[n][3]:7.1f}% {memory.get(n, float('nan')):9.0f}")
     print("\nratios (baseline step time / ours):")
-    for ours in ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat"):
+    for ours in ("ours fp32", "ours bf16", "ours tf32", "ours fp32 ckpt", "ours fp32 no-concat"):
         if ours not in med:
             continue
         parts = [f"vs {b}: {fmt_ratio(med.get(b, float('nan')), med[ours])}"
-                 for b in ("PyG", "PhysicsNeMo concat", "PhysicsNeMo no-concat") if b in med]
+                 for b in ("PyG", "PyG bf16", "PhysicsNeMo concat", "PhysicsNeMo no-concat") if b in med]
         parts += [f"cpu-time vs {b}: {fmt_ratio(med_cpu.get(b, float('nan')), med_cpu[ours])}"
                   for b in ("PyG", "PhysicsNeMo concat") if b in med_cpu]
         print(f"  {ours:22s} " + ", ".join(parts))
@@ -267,11 +312,13 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
     else:
         print(f"target >= 75% of GEMM: {100 * rows['ours fp32'][3]:.0f}% "
               f"{'MET' if rows['ours fp32'][3] >= 0.75 else 'NOT met'} (PhysicsNeMo not run)")
-    big = max(gemm_med, key=lambda s: s[0] * s[1] * s[2])
+    big = max((s for p, s in gemm_med if p == "fp32"), key=lambda s: s[0] * s[1] * s[2])
     big_flops = 3 * 2 * big[0] * big[1] * big[2]
-    bf16 = time_gemms([big], torch.bfloat16)[big]
-    print(f"reference GEMM {big} (fwd+dX+dW): fp32 {big_flops / gemm_med[big] / 1e9:.1f} GFLOP/s, "
-          f"bf16 {big_flops / bf16 / 1e9:.1f} GFLOP/s (bf16/fp32 time {bf16 / gemm_med[big]:.1f}x)")
+    fp32 = gemm_med[("fp32", big)]
+    bf16 = gemm_med.get(("bf16", big)) or time_gemms([big], torch.bfloat16, args.gemm_reps)[big]
+    print(f"reference GEMM {big} (fwd+dX+dW): fp32 {big_flops / fp32 / 1e9:.1f} GFLOP/s, "
+          f"bf16 {big_flops / bf16 / 1e9:.1f} GFLOP/s (bf16/fp32 time {bf16 / fp32:.2f}x)"
+          + (f", tf32 {big_flops / gemm_med[('tf32', big)] / 1e9:.1f} GFLOP/s" if ("tf32", big) in gemm_med else ""))
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -282,7 +329,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (one step of each configuration)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads, both venvs (1: robust on an oversubscribed machine)")
-    p.add_argument("--configs", nargs="*", default=list(OURS) + list(PNEMO), help="configurations to run")
+    p.add_argument("--configs", nargs="*", default=None,
+                   help="configurations to run (default: CPU: ours fp32/bf16/ckpt/no-concat, PyG, PhysicsNeMo; "
+                        "CUDA: all of ours and PyG, fp32/tf32/bf16)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--gemm-reps", type=int, default=None, help="runs per reference GEMM (default 1 CPU, 20 GPU)")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS per configuration")
     p.add_argument("--physicsnemo-python", default=os.environ.get("MESHGNN_PHYSICSNEMO_PYTHON", ""),
                    help="python of a venv with nvidia-physicsnemo (env MESHGNN_PHYSICSNEMO_PYTHON); empty: skip")
@@ -291,9 +342,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    global DEVICE
     args = parse_args(argv)
+    DEVICE = torch.device(args.device)
+    if args.configs is None:
+        args.configs = list(OURS[:5]) + list(PNEMO) if DEVICE.type == "cpu" else list(OURS)
+    if args.gemm_reps is None:
+        args.gemm_reps = 1 if DEVICE.type == "cpu" else 20
     torch.set_num_threads(args.threads)
-    problem = make_problem(args.grid)
+    problem = make_problem(args.grid, device=DEVICE)
     if args.probe:
         _, step = build(args.probe, problem)
         step()
@@ -312,7 +369,7 @@ def main(argv=None) -> int:
     N, E = graph.num_nodes, graph.num_edges
 
     def gemm_of(n):
-        return model_gemms(N, E, concat_trick=not ("no-concat" in n or n == "PyG"))
+        return model_gemms(N, E, concat_trick=not ("no-concat" in n or n.startswith("PyG")))
 
     def flops(n):
         return step_flops(gemm_of(n))
@@ -343,8 +400,10 @@ def main(argv=None) -> int:
         times, cpu = collections.defaultdict(list), collections.defaultdict(list)
         gemm_times = collections.defaultdict(list)
         for r in range(args.repeats):
-            for s, t in time_gemms(shapes).items():
-                gemm_times[s].append(t)
+            for prec in sorted({precision_of(n) for n in names} | {"fp32"}):
+                dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+                for s, t in time_gemms(shapes, dtype, args.gemm_reps, tf32=prec == "tf32").items():
+                    gemm_times[(prec, s)].append(t)
             for n in list(names):
                 if n in PNEMO:
                     try:
@@ -362,9 +421,12 @@ def main(argv=None) -> int:
         if worker:
             worker.close()
             worker = None
-        steps.clear()
         memory = {}
-        if args.memory:
+        if DEVICE.type == "cuda":
+            for n in names:
+                memory[n] = peak_step_mib(steps[n])
+        steps.clear()
+        if args.memory and DEVICE.type == "cpu":
             for n in names:
                 memory[n] = probe_memory(n, args)
                 print(f"memory {n}: {memory[n]:.0f} MiB", file=sys.stderr, flush=True)

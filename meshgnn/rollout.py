@@ -136,6 +136,8 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         refs = st.reference(k)
         t0 = time.perf_counter()
         ys = st.advance(ys, refs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels run asynchronously: time them, not their launches
         t_model += time.perf_counter() - t0
         pred = st.gather(ys)
         if comm.is_root and k >= T:
@@ -157,6 +159,8 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
     if bar is not None:
         bar.close()
     result = dict(trajectory=traj, steps=steps, seconds_per_step=t_model / steps, out=str(out))
+    if device.type == "cuda":
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     if comm.is_root:
         writer.close()
         tracker.close()

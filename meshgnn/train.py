@@ -345,6 +345,8 @@ class Trainer:
         owned = self._last_sample[3]
         return dict(step=step, loss=loss, lr=self.optimizer.param_groups[0]["lr"], seconds=dt,
                     nodes_per_s=owned / dt, peak_rss_mb=peak_rss_mb(), stop=bool(summary[1] > 0),
+                    peak_gpu_mb=(torch.cuda.max_memory_allocated(self.device) / 2**20
+                                 if self.device.type == "cuda" else ""),
                     trajectory=self._last_sample[0], time_index=self._last_sample[1])
 
     def _diagnose(self, step, loss) -> str:
@@ -459,7 +461,10 @@ def train(cfg: TrainConfig, comm=None) -> dict:
             bar.close()
         log.close()
     peaks = comm.gather_object(peak_rss_mb())
-    return dict(steps=trainer.step_index, loss=rec["loss"] if rec else float("nan"), checkpoint=str(ckpt_path),
+    extra = {}
+    if trainer.device.type == "cuda":
+        extra["peak_cuda_mib"] = comm.gather_object(torch.cuda.max_memory_allocated(trainer.device) / 2**20)
+    return dict(**extra, steps=trainer.step_index, loss=rec["loss"] if rec else float("nan"), checkpoint=str(ckpt_path),
                 seconds=time.perf_counter() - t_start, stopped=stopped, peak_rss_mb=peaks,
                 bytes_allreduced=getattr(comm, "bytes_allreduced", 0))
 
@@ -467,7 +472,8 @@ def train(cfg: TrainConfig, comm=None) -> dict:
 class TrainLog:
     """Per-step CSV log (rank 0), plus TensorBoard when installed."""
 
-    FIELDS = ["step", "loss", "lr", "seconds", "nodes_per_s", "peak_rss_mb", "trajectory", "time_index"]
+    FIELDS = ["step", "loss", "lr", "seconds", "nodes_per_s", "peak_rss_mb", "trajectory", "time_index",
+              "peak_gpu_mb"]
 
     def __init__(self, path: Path, enabled: bool, append: bool = False, start_step: int | None = None):
         self.enabled = enabled

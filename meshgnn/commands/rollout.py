@@ -31,12 +31,13 @@ def print_summary(res: dict) -> None:
     from ..metrics import format_summary
 
     print(f"rollout: trajectory {res['trajectory']}, {res['steps']} steps, "
-          f"{res['seconds_per_step']:.3f} s/step (model)")
+          f"{res['seconds_per_step']:.3f} s/step (model)"
+          + (f", peak GPU memory {res['peak_cuda_mib'] / 1024:.1f} GiB" if "peak_cuda_mib" in res else ""))
     if "rmse" in res:
         print("surrogate " + format_summary(res["rmse"]))
         print("persistence baseline (no change) " + format_summary(res["rmse_persistence"]))
         for f, d in res["rmse"].items():
-            ratios = [f"{k}: {res['rmse_persistence'][f][k] / v:.2f}x" for k, v in d.items() if v > 0]
+            ratios = [f"{k}: {res['rmse_persistence'][f][k] / v:.2f}x" for k, v in d.items() if v > 0 and res['rmse_persistence'][f][k] > 0]
             print(f"  {f}: persistence RMSE / surrogate RMSE  " + ", ".join(ratios))
     for k in ("pvd", "png"):
         if k in res:
