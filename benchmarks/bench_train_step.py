@@ -9,6 +9,8 @@ targets; 8 node and 4 edge input features, 3 outputs):
   * ``ours fp32 no-concat``  ``concat_trick=False`` (edge MLP on ``cat[x_s, x_r, e]``)
   * ``PyG``                  a plain torch_geometric ``MessagePassing`` MGN (benchmarks/pyg_mgn.py, same function:
                              tests/test_pyg_baseline.py)
+  * ``... compiled``         the same forward under ``torch.compile`` (inductor fuses the element-wise work;
+                             warm-up steps include the compilation)
   * ``PhysicsNeMo concat`` / ``PhysicsNeMo no-concat``  ``physicsnemo.models.meshgraphnet.MeshGraphNet`` in its own
     venv (``--physicsnemo-python`` or env ``MESHGNN_PHYSICSNEMO_PYTHON``), driven step by step over a pipe by
     benchmarks/bench_train_step_physicsnemo.py, so its steps interleave with ours in the same run.
@@ -61,7 +63,8 @@ from meshgnn.model.mgn import MeshGraphNet  # noqa: E402
 
 NODE_IN, EDGE_IN, NODE_OUT = 8, 4, 3
 PNEMO_SCRIPT = os.path.join(HERE, "bench_train_step_physicsnemo.py")
-OURS = ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat", "PyG", "ours tf32", "PyG bf16")
+OURS = ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat", "PyG", "ours tf32", "PyG bf16",
+        "ours fp32 compiled", "ours bf16 compiled", "PyG compiled", "PyG bf16 compiled")
 DEVICE = torch.device("cpu")   # set by main (--device)
 PNEMO = {"PhysicsNeMo concat": "concat", "PhysicsNeMo no-concat": "noconcat"}
 
@@ -151,11 +154,14 @@ def build(name: str, problem):
     if name.startswith("PyG"):
         model = PygMeshGraphNet(NODE_IN, EDGE_IN, NODE_OUT)
         edge_index = graph.edge_index
-        forward = lambda: model(xn, edge_index, xe)  # noqa: E731
+        fn = lambda a, b: model(a, edge_index, b)  # noqa: E731
     else:
         model = MeshGraphNet(NODE_IN, EDGE_IN, NODE_OUT, concat_trick="no-concat" not in name,
                              checkpoint_layers="ckpt" in name)
-        forward = lambda: model(xn, graph, edge_features=xe)  # noqa: E731
+        fn = lambda a, b: model(a, graph, edge_features=b)  # noqa: E731
+    if "compiled" in name:   # torch.compile (inductor) of the forward; the custom ops trace as opaque ops
+        fn = torch.compile(fn)
+    forward = lambda: fn(xn, xe)  # noqa: E731
     model.to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     bf16 = "bf16" in name
@@ -294,11 +300,13 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
         print(f"{n:24s} {med[n]:8.2f} {med_cpu[n]:8.2f} {f / 1e9:10.1f} {rows[n][1]:8.1f} {rows[n][2]:12.1f} "
               f"{100 * rows[n][3]:7.1f}% {memory.get(n, float('nan')):9.0f}")
     print("\nratios (baseline step time / ours):")
-    for ours in ("ours fp32", "ours bf16", "ours tf32", "ours fp32 ckpt", "ours fp32 no-concat"):
+    for ours in ("ours fp32", "ours bf16", "ours tf32", "ours fp32 ckpt", "ours fp32 no-concat", "ours fp32 compiled",
+                 "ours bf16 compiled"):
         if ours not in med:
             continue
         parts = [f"vs {b}: {fmt_ratio(med.get(b, float('nan')), med[ours])}"
-                 for b in ("PyG", "PyG bf16", "PhysicsNeMo concat", "PhysicsNeMo no-concat") if b in med]
+                 for b in ("PyG", "PyG bf16", "PyG compiled", "PyG bf16 compiled", "PhysicsNeMo concat",
+                           "PhysicsNeMo no-concat") if b in med]
         parts += [f"cpu-time vs {b}: {fmt_ratio(med_cpu.get(b, float('nan')), med_cpu[ours])}"
                   for b in ("PyG", "PhysicsNeMo concat") if b in med_cpu]
         print(f"  {ours:22s} " + ", ".join(parts))

@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one run (for a lent GPU machine; CI has none).
 #
-#   benchmarks/gpu_suite.sh OUT_DIR [CHECKPOINT_4x32] [SIDE]
+#   [STAGES="tests aggregation ..."] benchmarks/gpu_suite.sh OUT_DIR [CHECKPOINT_4x32] [SIDE]
 #
 # Stages (each under its own time limit, shortened to end by GPU_SUITE_DEADLINE seconds after the start when set;
-# logs in OUT_DIR/*.log; a failed stage does not stop the rest):
-#   0. machine: nvidia-smi, torch/triton versions
-#   1. tests/test_ops_cuda.py: Triton kernels vs the C++ CPU kernels (bitwise), tile independence, gradients,
-#      MGN step and torch.compile on CUDA vs CPU, `meshgnn train --device cuda` vs CPU (fp64)
-#   2. benchmarks/bench_aggregation.py --device cuda (ours vs index_add / PyG scatter / segment_reduce, tile sweep)
-#   3. benchmarks/bench_train_step.py --device cuda at 22^3 (and 40^3 last, if time is left)
-#      (ours fp32/tf32/bf16/ckpt/no-concat vs PyG)
-#   4. scale, on box_tets(SIDE) (145: 3,048,625 nodes), built on the host CPU while stages 1-3 run:
-#      a. `meshgnn partition --method rcb --parts 16 --halo 15`, then one full training step over all 16 patches of
-#         MGN 15 x 128 (activation checkpointing per layer, bf16 autocast), 2 steps, `meshgnn train --device cuda`
-#      b. `meshgnn rollout --device cuda` of CHECKPOINT_4x32 over 100 steps on the whole graph
+# logs in OUT_DIR/<stage>.log; a failed stage does not stop the rest). Default: all but profile_rollout.
+#   tests          tests/test_ops_cuda.py: Triton kernels vs the C++ CPU kernels (bitwise), tile independence,
+#                  gradients, MGN step and torch.compile on CUDA vs CPU, `meshgnn train --device cuda` vs CPU (fp64)
+#   aggregation    benchmarks/bench_aggregation.py --device cuda (ours vs index_add / PyG scatter / segment_reduce,
+#                  launch-tile sweep)
+#   train_step22   benchmarks/bench_train_step.py --device cuda at 22^3 (ours fp32/tf32/bf16/ckpt/no-concat, PyG)
+#   train_scale    on box_tets(SIDE) (145: 3,048,625 nodes), dataset and part store built on the host CPU while the
+#                  stages above run: `meshgnn partition --method rcb --parts 16 --halo 15`, then 2 training steps
+#                  over all 16 patches of MGN 15 x 128 (checkpointing per layer, bf16), `meshgnn train --device cuda`
+#   rollout_scale  `meshgnn rollout --device cuda` of CHECKPOINT_4x32 over 100 steps of the whole SIDE^3 graph
+#   train_step40   bench_train_step.py at 40^3 (64,000 nodes), eager and torch.compile'd, fp32/tf32/bf16, ours vs PyG
+#   profile_rollout  benchmarks/profile_cli.py around a 10-step rollout of CHECKPOINT_4x32 (kernel time table)
 # Python: whatever `python3` is (the GPU image's); the repo is put on PYTHONPATH, nothing is installed.
 set -u
 OUT=${1:?usage: gpu_suite.sh OUT_DIR [CHECKPOINT] [SIDE]}
 CKPT=${2:-}
 SIDE=${3:-145}
+STAGES=${STAGES:-"tests aggregation train_step22 train_scale rollout_scale train_step40"}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 WORK=${GPU_SUITE_WORK:-/tmp/gpu_suite}
@@ -28,10 +30,12 @@ export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 cd "$HERE"
 stamp() { echo "== $(date +%T) $*"; }
+wanted() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 DEADLINE=${GPU_SUITE_DEADLINE:-0}   # seconds after the start by which every stage must have ended (0: none)
 stage() {  # stage NAME LIMIT_S CMD...
   local name=$1 limit=$2; shift 2
+  wanted "$name" || return 0
   if [ "$DEADLINE" -gt 0 ]; then
     local left=$((DEADLINE - SECONDS - 5))
     [ "$left" -lt "$limit" ] && limit=$left
@@ -50,31 +54,47 @@ stamp machine
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
   nproc; free -g | head -2; } 2>&1 | tee "$OUT/machine.log"
 
-# host-side preparation of the scale stage, in the background while the GPU stages run
-(
-  set -e
-  [ -f "$WORK/box.h5" ] || "$PY" benchmarks/bench_rollout_scale.py dataset "$WORK/box.h5" --side "$SIDE"
-  TIME=""; [ -x /usr/bin/time ] && TIME="/usr/bin/time -v"
-  [ -f "$WORK/box.P16.parts.h5" ] || $TIME "$PY" -m meshgnn.cli partition "$WORK/box.h5" --parts 16 \
-      --method rcb --halo 15 --out "$WORK/box.P16.parts.h5" --quiet
-) > "$OUT/prepare.log" 2>&1 &
-PREP=$!
+# host-side preparation of the scale stages, in the background while the GPU stages run
+PREP=""
+if wanted train_scale || wanted rollout_scale; then
+  (
+    set -e
+    [ -f "$WORK/box.h5" ] || "$PY" benchmarks/bench_rollout_scale.py dataset "$WORK/box.h5" --side "$SIDE"
+    TIME=""; [ -x /usr/bin/time ] && TIME="/usr/bin/time -v"
+    if wanted train_scale; then
+      [ -f "$WORK/box.P16.parts.h5" ] || $TIME "$PY" -m meshgnn.cli partition "$WORK/box.h5" --parts 16 \
+          --method rcb --halo 15 --out "$WORK/box.P16.parts.h5" --quiet
+    fi
+  ) > "$OUT/prepare.log" 2>&1 &
+  PREP=$!
+fi
 
 stage tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py
-stage aggregation 70 "$PY" benchmarks/bench_aggregation.py --device cuda --edges 1e6 3e6 --repeats 20 \
-  --tiles 1,128,1 4,128,4 8,128,4 16,128,8 8,64,4 32,32,8
-stage train_step22 60 "$PY" benchmarks/bench_train_step.py --device cuda --grid 22 --warmup 2 --repeats 5
+stage aggregation 90 "$PY" benchmarks/bench_aggregation.py --device cuda --edges 1e6 3e6 14e6 --repeats 10 \
+  --tiles 1,128,1 2,128,2 4,128,4 8,128,4 16,128,8 8,64,4 16,64,8
+stage train_step22 60 "$PY" benchmarks/bench_train_step.py --device cuda --grid 22 --warmup 2 --repeats 5 \
+  --configs "ours fp32" "ours bf16" "ours fp32 ckpt" "ours fp32 no-concat" PyG "ours tf32" "PyG bf16"
 
-stamp "waiting for the host preparation"
-wait $PREP; echo "   prepare rc=$?"; tail -n 30 "$OUT/prepare.log"
+if [ -n "$PREP" ]; then
+  stamp "waiting for the host preparation"
+  wait "$PREP"; echo "   prepare rc=$?"; tail -n 30 "$OUT/prepare.log"
+fi
 stage train_scale 170 "$PY" -m meshgnn.cli train "$WORK/box.h5" --parts "$WORK/box.P16.parts.h5" --device cuda \
   --layers 15 --latent 128 --checkpoint-layers true --bf16 true --steps 2 --progress false \
   --out "$WORK/train3m"
-cat "$WORK/train3m/train_log.csv" >> "$OUT/train_scale.log" 2>/dev/null
+if wanted train_scale; then cat "$WORK/train3m/train_log.csv" >> "$OUT/train_scale.log" 2>/dev/null; fi
 if [ -n "$CKPT" ]; then
   stage rollout_scale 100 "$PY" -m meshgnn.cli rollout "$CKPT" "$WORK/box.h5" --device cuda --steps 100 \
     --every 50 --trajectory 0 --render false --progress false --out "$WORK/roll3m"
-  ls -la "$WORK/roll3m" >> "$OUT/rollout_scale.log" 2>&1
+  if wanted rollout_scale; then ls -la "$WORK/roll3m" >> "$OUT/rollout_scale.log" 2>&1; fi
 fi
-stage train_step40 120 "$PY" benchmarks/bench_train_step.py --device cuda --grid 40 --warmup 1 --repeats 3
+stage train_step40 240 "$PY" benchmarks/bench_train_step.py --device cuda --grid 40 --warmup 2 --repeats 3 \
+  --configs "ours fp32" "ours bf16" "ours tf32" PyG "PyG bf16" "ours fp32 compiled" "ours bf16 compiled" \
+  "PyG compiled" "PyG bf16 compiled"
+if [ -n "$CKPT" ] && wanted profile_rollout; then
+  [ -f "$WORK/box100.h5" ] || "$PY" benchmarks/bench_rollout_scale.py dataset "$WORK/box100.h5" --side 100 \
+      > /dev/null 2>&1
+  stage profile_rollout 90 "$PY" benchmarks/profile_cli.py --top 30 -- rollout "$CKPT" "$WORK/box100.h5" \
+    --device cuda --steps 10 --every 100 --trajectory 0 --render false --progress false --out "$WORK/roll100"
+fi
 stamp "all stages done"

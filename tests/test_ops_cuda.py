@@ -85,7 +85,7 @@ def test_result_independent_of_launch_tile():
     saved = dict(_triton.TILE)
     outs = []
     try:
-        for tile in [(1, 128, 1), (8, 128, 4), (16, 32, 8), (32, 64, 8)]:
+        for tile in [(1, 128, 1), (2, 128, 2), (8, 128, 4), (16, 128, 8), (16, 32, 8), (8, 64, 4)]:
             _triton.set_tile(*tile)
             outs.append((_library.segment_sum(v, g.rowptr), ops.gather_add(a, a, v, g),
                          _library.segment_sum_permuted(v, g.sender_perm, g.sender_rowptr)))

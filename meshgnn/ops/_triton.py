@@ -25,7 +25,10 @@ TILE = {"rows": 8, "block_f": 128, "num_warps": 4}
 
 
 def set_tile(rows: int, block_f: int, num_warps: int) -> None:
-    """Launch configuration of all kernels (powers of two); results do not depend on it (module doc)."""
+    """Launch configuration of all kernels (powers of two); results do not depend on it (module doc).
+
+    Tiles of up to 16 rows are tested on a GPU (tests/test_ops_cuda.py); Triton 3.6 failed to compile the permuted
+    sum with 32-row, 8-warp tiles on an H200 (a layout pass error), so larger tiles are at your own risk."""
     for v in (rows, block_f, num_warps):
         if v < 1 or v & (v - 1):
             raise ValueError(f"tile sizes must be powers of two, got {(rows, block_f, num_warps)}")
