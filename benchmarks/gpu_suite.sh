@@ -4,7 +4,9 @@
 #   [STAGES="tests aggregation ..."] benchmarks/gpu_suite.sh OUT_DIR [CHECKPOINT_4x32] [SIDE]
 #
 # Stages (each under its own time limit, shortened to end by GPU_SUITE_DEADLINE seconds after the start when set;
-# logs in OUT_DIR/<stage>.log; a failed stage does not stop the rest). Default: all but profile_rollout.
+# logs in OUT_DIR/<stage>.log; a failed stage does not stop the rest). Default: all but layernorm and
+# profile_rollout. They run in this order: tests aggregation layernorm profile_rollout train_step22 train_scale
+# rollout_scale train_step40.
 #   tests          tests/test_ops_cuda.py: Triton kernels vs the C++ CPU kernels (bitwise), tile independence,
 #                  gradients, MGN step and torch.compile on CUDA vs CPU, `meshgnn train --device cuda` vs CPU (fp64)
 #   aggregation    benchmarks/bench_aggregation.py --device cuda (ours vs index_add / PyG scatter / segment_reduce,
@@ -15,7 +17,9 @@
 #                  over all 16 patches of MGN 15 x 128 (checkpointing per layer, bf16), `meshgnn train --device cuda`
 #   rollout_scale  `meshgnn rollout --device cuda` of CHECKPOINT_4x32 over 100 steps of the whole SIDE^3 graph
 #   train_step40   bench_train_step.py at 40^3 (64,000 nodes), eager and torch.compile'd, fp32/tf32/bf16, ours vs PyG
-#   profile_rollout  benchmarks/profile_cli.py around a 10-step rollout of CHECKPOINT_4x32 (kernel time table)
+#   layernorm      benchmarks/bench_layernorm.py: nn.LayerNorm vs meshgnn's LayerNorm on (14M, F) latents
+#   profile_rollout  benchmarks/profile_cli.py around a 10-step rollout of CHECKPOINT_4x32 on box_tets(100)
+# TESTS_K="expr" narrows the tests stage (pytest -k).
 # Python: whatever `python3` is (the GPU image's); the repo is put on PYTHONPATH, nothing is installed.
 set -u
 OUT=${1:?usage: gpu_suite.sh OUT_DIR [CHECKPOINT] [SIDE]}
@@ -69,9 +73,16 @@ if wanted train_scale || wanted rollout_scale; then
   PREP=$!
 fi
 
-stage tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py
+stage tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py ${TESTS_K:+-k "$TESTS_K"}
 stage aggregation 90 "$PY" benchmarks/bench_aggregation.py --device cuda --edges 1e6 3e6 14e6 --repeats 10 \
   --tiles 1,128,1 2,128,2 4,128,4 8,128,4 16,128,8 8,64,4 16,64,8
+stage layernorm 60 "$PY" benchmarks/bench_layernorm.py --device cuda --rows 14000000 --widths 32 64 128
+if [ -n "$CKPT" ] && wanted profile_rollout; then
+  [ -f "$WORK/box100.h5" ] || "$PY" benchmarks/bench_rollout_scale.py dataset "$WORK/box100.h5" --side 100 \
+      > /dev/null 2>&1
+  stage profile_rollout 90 "$PY" benchmarks/profile_cli.py --top 30 -- rollout "$CKPT" "$WORK/box100.h5" \
+    --device cuda --steps 10 --every 100 --trajectory 0 --render false --progress false --out "$WORK/roll100"
+fi
 stage train_step22 60 "$PY" benchmarks/bench_train_step.py --device cuda --grid 22 --warmup 2 --repeats 5 \
   --configs "ours fp32" "ours bf16" "ours fp32 ckpt" "ours fp32 no-concat" PyG "ours tf32" "PyG bf16"
 
@@ -91,10 +102,4 @@ fi
 stage train_step40 240 "$PY" benchmarks/bench_train_step.py --device cuda --grid 40 --warmup 2 --repeats 3 \
   --configs "ours fp32" "ours bf16" "ours tf32" PyG "PyG bf16" "ours fp32 compiled" "ours bf16 compiled" \
   "PyG compiled" "PyG bf16 compiled"
-if [ -n "$CKPT" ] && wanted profile_rollout; then
-  [ -f "$WORK/box100.h5" ] || "$PY" benchmarks/bench_rollout_scale.py dataset "$WORK/box100.h5" --side 100 \
-      > /dev/null 2>&1
-  stage profile_rollout 90 "$PY" benchmarks/profile_cli.py --top 30 -- rollout "$CKPT" "$WORK/box100.h5" \
-    --device cuda --steps 10 --every 100 --trajectory 0 --render false --progress false --out "$WORK/roll100"
-fi
 stamp "all stages done"

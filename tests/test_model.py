@@ -91,3 +91,31 @@ def test_receptive_field_is_L_hops():
     L = m.num_layers
     assert np.all(diff[hops > L] == 0)
     assert np.all(diff[hops <= L] > 0)
+
+
+def test_narrow_layer_norm_equals_torch_layer_norm():
+    """The CUDA path of meshgnn's LayerNorm (var_mean + affine) is nn.LayerNorm: values, gradients, dtypes (run
+    here on CPU tensors; on a GPU, tests/test_ops_cuda.py checks the module takes it)."""
+    from meshgnn.model.mgn import LayerNorm, _narrow_layer_norm
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        ln = LayerNorm(32).to(dtype)
+        with torch.no_grad():
+            ln.weight.normal_(generator=gen)
+            ln.bias.normal_(generator=gen)
+        x = (3 + 2 * torch.randn(500, 32, generator=gen, dtype=dtype)).requires_grad_()
+        g = torch.randn(500, 32, generator=gen, dtype=dtype)
+        ref = torch.nn.functional.layer_norm(x, (32,), ln.weight, ln.bias, ln.eps)
+        got = _narrow_layer_norm(x, ln.weight, ln.bias, ln.eps)
+        assert got.dtype == ref.dtype == dtype
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+        for a, b in zip(torch.autograd.grad(got, [x, ln.weight, ln.bias], g),
+                        torch.autograd.grad(ref, [x, ln.weight, ln.bias], g)):
+            torch.testing.assert_close(a, b, rtol=tol * 10, atol=tol * 10)
+    # under autocast the result is float32, as nn.LayerNorm's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _narrow_layer_norm(torch.randn(4, 16).bfloat16(), torch.ones(16), torch.zeros(16), 1e-5)
+    assert y.dtype == torch.float32
+    # same state dict as nn.LayerNorm (checkpoints keep loading)
+    assert set(LayerNorm(8).state_dict()) == set(torch.nn.LayerNorm(8).state_dict())

@@ -161,3 +161,23 @@ def test_train_on_cuda_matches_cpu(box_dataset, tmp_path):
     cpu = train(TrainConfig(out=str(tmp_path / "cpu"), device="cpu", **common))
     gpu = train(TrainConfig(out=str(tmp_path / "gpu"), device="cuda", **common))
     torch.testing.assert_close(params(gpu["checkpoint"]), params(cpu["checkpoint"]), rtol=1e-9, atol=1e-11)
+
+
+def test_layer_norm_narrow_path_on_cuda():
+    from meshgnn.model.mgn import LayerNorm
+
+    for F in (16, 32, 64, 128):
+        ln = LayerNorm(F).cuda()
+        with torch.no_grad():
+            ln.weight.normal_()
+            ln.bias.normal_()
+        x = torch.randn(10_000, F, device=CUDA, requires_grad=True)
+        g = torch.randn(10_000, F, device=CUDA)
+        ref = torch.nn.functional.layer_norm(x, (F,), ln.weight, ln.bias, ln.eps)
+        got = ln(x)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        for a, b in zip(torch.autograd.grad(got, [x, ln.weight, ln.bias], g),
+                        torch.autograd.grad(ref, [x, ln.weight, ln.bias], g)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert ln(x.bfloat16()).dtype == torch.float32
