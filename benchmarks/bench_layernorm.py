@@ -1,8 +1,9 @@
 """LayerNorm of MGN latents: ``torch.nn.LayerNorm`` against ``meshgnn.model.mgn.LayerNorm`` (same function; on CUDA
 rows of <= 64 features take a ``var_mean`` + fused-affine path, see its docstring).
 
-For each width F it times, as CUDA-event medians (or wall on CPU) of ``--repeats`` runs, the forward and
-forward+backward on an ``(--rows, F)`` fp32 tensor, and prints the ratio ``torch / ours`` and the effective
+For each width F it times, as CUDA-event medians (or wall on CPU) of ``--repeats`` runs, the forward (under
+``torch.no_grad()``, where meshgnn's narrow path applies) and forward+backward (autograd: meshgnn's LayerNorm then
+runs torch's kernels) on an ``(--rows, F)`` fp32 tensor, and prints the ratio ``torch / ours`` and the effective
 bandwidth of the forward (read x, write y).
 
     python benchmarks/bench_layernorm.py --device cuda --rows 14000000 --widths 32 64 128

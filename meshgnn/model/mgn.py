@@ -21,18 +21,21 @@ from ..graph import Graph
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last dimension that stays fast on a GPU for narrow rows.
 
-    PyTorch's CUDA LayerNorm kernel gives each row a thread block; for rows of <= 64 features most of the block
-    idles: on an H200 it ran at ~330 GB/s on (14M, 32) edge latents, 68% of a 4 x 32 rollout step
-    (benchmarks/RESULTS.md "Rollout at scale"). There it is computed as ``var_mean`` (one row-wise reduction) and
-    one fused ``(x - mean) * rsqrt(var + eps) * weight + bias``; elsewhere (CPU, wider rows) ``F.layer_norm``.
-    Same parameters and state dict as ``nn.LayerNorm``.
+    PyTorch's CUDA LayerNorm forward kernel gives each row a thread block; for rows of <= 64 features most of the
+    block idles: on an H200 it ran at ~330 GB/s on (14M, 32) edge latents, 68% of a 4 x 32 rollout step
+    (benchmarks/RESULTS.md "Rollout at scale"). In inference there (no autograd graph recorded) it is computed as
+    ``var_mean`` (one row-wise reduction) and ``(x - mean) * rsqrt(var + eps) * weight + bias``: 1.9x faster at
+    32 features, 1.08x at 64 (benchmarks/bench_layernorm.py). With autograd, torch's fused backward wins (the
+    decomposed path's forward + backward measured 0.96x at 32, 0.61x at 64), so training keeps ``F.layer_norm``,
+    as do the CPU and wider rows. Same parameters and state dict as ``nn.LayerNorm``.
     """
 
-    narrow = 64   # widest last dimension that takes the decomposed path on CUDA
+    narrow = 64   # widest last dimension that takes the decomposed path (CUDA, inference)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.is_cuda and len(self.normalized_shape) == 1 and self.normalized_shape[0] <= self.narrow
-                and self.elementwise_affine):
+        recording = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if (recording or not x.is_cuda or len(self.normalized_shape) != 1 or self.normalized_shape[0] > self.narrow
+                or not self.elementwise_affine):
             return super().forward(x)
         return _narrow_layer_norm(x, self.weight, self.bias, self.eps)
 
