@@ -120,6 +120,16 @@ def store_patch_sizes(store) -> dict:
     return dict(core=core, n1=n1, e1=e1, nh=nh, eh=eh)
 
 
+def _sizes(store, path: str) -> dict:
+    """Patch sizes of every part, cached in the JSON file ``path`` (if given)."""
+    if path and Path(path).exists():
+        return json.loads(Path(path).read_text())
+    sizes = store_patch_sizes(store)
+    if path:
+        Path(path).write_text(json.dumps(sizes))
+    return sizes
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default="/tmp/dec/bench/box145.P64.parts.h5")
@@ -129,6 +139,12 @@ def main(argv=None) -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sizes", default="", help="JSON file to cache/reuse all patch sizes (reads every part)")
+    ap.add_argument("--lhop", action="store_true",
+                    help="measure the part's patch with the store's full halo (the L-hop mode, where patches run "
+                         "one after the other and a full step's peak memory is its largest patch's) instead of "
+                         "the per-layer mode's 1-hop patch")
+    ap.add_argument("--largest", action="store_true", help="measure the part with the most patch edges (needs the "
+                    "sizes of all parts; overrides --part)")
     args = ap.parse_args(argv)
 
     import torch
@@ -136,12 +152,20 @@ def main(argv=None) -> None:
     from decomposition import PartStore
 
     store = PartStore(args.store)
+    sizes = None
+    if args.largest:
+        sizes = _sizes(store, args.sizes)
+        key = "eh" if args.lhop else "e1"
+        args.part = int(np.argmax(sizes[key]))
     part = store.read(args.part)
     n1, ei1 = sub_patch(part, 1)
     res = dict(store=args.store, parts=store.num_parts, store_halo=store.halo, N=store.num_nodes, E=store.num_edges,
                part=args.part, patch_core=int(part.n_core), patch1_nodes=n1, patch1_edges=int(ei1.shape[1]),
                torch_threads=torch.get_num_threads(), bf16=args.bf16)
-    if args.ball_nodes:
+    res["mode"] = "lhop" if args.lhop else "per-layer 1-hop"
+    if args.lhop:       # core nodes come first in a part's local order; the loss is over them
+        n, ei, n_loss = int(part.nodes.size), np.asarray(part.edge_index), int(part.n_core)
+    elif args.ball_nodes:
         n, ei = bfs_ball(n1, ei1, args.ball_nodes)
         n_loss = n
     else:
@@ -155,12 +179,7 @@ def main(argv=None) -> None:
     f_meas = 4 * mgn_forward_flops(n, ei.shape[1])
     res["measured_flops"] = f_meas
     res["measured_gflops_per_s"] = f_meas / res["step_s"] / 1e9
-    if args.sizes and Path(args.sizes).exists():
-        sizes = json.loads(Path(args.sizes).read_text())
-    else:
-        sizes = store_patch_sizes(store)
-        if args.sizes:
-            Path(args.sizes).write_text(json.dumps(sizes))
+    sizes = sizes or _sizes(store, args.sizes)
     f_whole = 4 * mgn_forward_flops(store.num_nodes, store.num_edges)
     f_pl = sum(4 * mgn_forward_flops(a, b) for a, b in zip(sizes["n1"], sizes["e1"]))
     f_lh = sum(4 * mgn_forward_flops(a, b) for a, b in zip(sizes["nh"], sizes["eh"]))
@@ -177,6 +196,7 @@ def main(argv=None) -> None:
         # one block's live forward/backward working set (~8 E H floats), for the largest 1-hop patch
         extrap_patch1_saved_gib=(15 * (max(sizes["n1"]) + max(sizes["e1"])) * 128 * 4) / 2**30,
         extrap_patch1_working_gib=(8 * max(sizes["e1"]) * 128 * 4) / 2**30,
+        max_patchH_nodes=max(sizes["nh"]), max_patchH_edges=max(sizes["eh"]),
     )
     print(json.dumps(res, indent=1))
 
