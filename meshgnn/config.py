@@ -109,6 +109,8 @@ class TrainConfig:
     checkpoint_layers: bool = field(default=False, metadata={"help": "activation checkpointing per processor layer"})
     checkpoint_stages: bool = field(default=False, metadata={"help": "recompute integrator stages in backward"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (fp32 master weights)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor fuses its element-wise "
+                                                           "work; the first steps pay the compilation)"})
     dtype: str = field(default="float32", metadata={"help": "parameter dtype", "choices": ["float32", "float64"]})
     freeze_normalizers_after: int = field(default=1000, metadata={"help": "normalizer accumulations before freezing"})
     val_trajectories: list[str] = field(default_factory=list,
@@ -141,4 +143,6 @@ class RolloutConfig:
                                                              "layer", "choices": ["lhop", "per-layer"]})
     render: bool = field(default=True, metadata={"help": "render a PNG of the first state field at the end"})
     device: str = field(default="cpu", metadata={"help": "cpu|cuda|auto"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (the first step pays the "
+                                                           "compilation)"})
     progress: bool = field(default=True, metadata={"help": "progress bar"})

@@ -86,6 +86,8 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     sim, state = load_simulator(cfg.checkpoint, device=device)
+    if cfg.compile:
+        sim.compile_model()
     ds = Dataset(cfg.dataset)
     check_dataset(state, ds, cfg.checkpoint)
     layout = sim.layout

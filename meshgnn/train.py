@@ -156,6 +156,8 @@ class Trainer:
                              freeze_after=cfg.freeze_normalizers_after).to(self.device, self.dtype)
         for nz in self.sim.normalizers():   # statistics stay float64
             nz.to(torch.float64)
+        if cfg.compile:
+            self.sim.compile_model()
         self._split_trajectories()
         self.halo_exchange = None
         self._build_patches()

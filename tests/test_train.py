@@ -117,3 +117,23 @@ def test_rollout_forecasts_beyond_the_data(box_dataset, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "r" / "rmse.csv")))
     assert [int(x["step"]) for x in rows] == [1, 2, 3, 4]
     assert (tmp_path / "r" / "co2.png").exists()
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager(box_dataset, tmp_path):
+    """--compile (torch.compile, inductor) gives the eager run's parameters to fp32 round-off, and its checkpoint is
+    an ordinary one (rollout loads it without compiling)."""
+    cfg = dict(dataset=str(box_dataset), steps=3, integrator="heun", **SMALL)
+    eager = train(TrainConfig(out=str(tmp_path / "eager"), **cfg))
+    compiled = train(TrainConfig(out=str(tmp_path / "compiled"), compile=True, **cfg))
+    a, b = params(eager["checkpoint"]), params(compiled["checkpoint"])
+    assert not torch.equal(a, params_init(tmp_path, box_dataset))  # training moved the parameters
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert set(load(compiled["checkpoint"])["trainer"]["simulator"]) == set(load(eager["checkpoint"])["trainer"]["simulator"])
+
+
+def params_init(tmp_path, box_dataset):
+    """Parameters after 0 steps (the same seed's initialisation)."""
+    res = train(TrainConfig(dataset=str(box_dataset), out=str(tmp_path / "init"), steps=1, stop_at=1, lr=0.0,
+                            lr_final=0.0, **SMALL))
+    return params(res["checkpoint"])
