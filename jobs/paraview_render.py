@@ -1,7 +1,7 @@
 """Render a field of a meshgnn rollout with ParaView: slice through the mesh centre at the last time -> PNG.
 
 Run with ParaView's Python (needs an X server or off-screen ParaView):
-    xvfb-run -a pvpython jobs/paraview_render.py OUT/rollout.pvd co2 co2.png [--normal x|y|z]
+    xvfb-run -a -s "-screen 0 1280x1024x24" pvpython jobs/paraview_render.py OUT/rollout.pvd co2 co2.png [--normal x|y|z]
         [--time T] [--size 1200 800] [--component N]
 Prints one JSON line: the file written, the time shown, the colour range and the field's units.
 """
