@@ -85,6 +85,9 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
     comm = comm or LocalComm()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    if cfg.malloc_cache:
+        from .memory import keep_freed_memory
+        keep_freed_memory()
     sim, state = load_simulator(cfg.checkpoint, device=device)
     if cfg.compile:
         sim.compile_model()
