@@ -17,7 +17,7 @@ import torch
 
 from .config import RolloutConfig
 from .errors import MeshgnnError
-from .train import LocalComm, PatchData, assign_parts
+from .train import LocalComm, PatchData, assign_parts, peak_gpu_mib
 
 
 def split_fields(y: np.ndarray, names: list[str], comps: list[int]) -> dict:
@@ -165,7 +165,7 @@ def rollout(cfg: RolloutConfig, comm=None) -> dict:
         bar.close()
     result = dict(trajectory=traj, steps=steps, seconds_per_step=t_model / steps, out=str(out))
     if device.type == "cuda":
-        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["peak_cuda_mib"] = peak_gpu_mib(device)
     if comm.is_root:
         writer.close()
         tracker.close()

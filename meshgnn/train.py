@@ -347,8 +347,7 @@ class Trainer:
         owned = self._last_sample[3]
         return dict(step=step, loss=loss, lr=self.optimizer.param_groups[0]["lr"], seconds=dt,
                     nodes_per_s=owned / dt, peak_rss_mb=peak_rss_mb(), stop=bool(summary[1] > 0),
-                    peak_gpu_mb=(torch.cuda.max_memory_allocated(self.device) / 2**20
-                                 if self.device.type == "cuda" else ""),
+                    peak_gpu_mb=peak_gpu_mib(self.device),
                     trajectory=self._last_sample[0], time_index=self._last_sample[1])
 
     def _diagnose(self, step, loss) -> str:
@@ -410,6 +409,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def peak_gpu_mib(device: torch.device) -> float | None:
+    """Peak memory allocated by torch on a CUDA ``device`` so far (MiB); None elsewhere."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
 def dataset_signature(ds) -> dict:
     return dict(num_nodes=int(ds.num_nodes), state_fields=list(ds.state_fields), static_fields=list(ds.static_fields),
                 node_type_names=list(ds.node_type_names))
@@ -465,7 +469,7 @@ def train(cfg: TrainConfig, comm=None) -> dict:
     peaks = comm.gather_object(peak_rss_mb())
     extra = {}
     if trainer.device.type == "cuda":
-        extra["peak_cuda_mib"] = comm.gather_object(torch.cuda.max_memory_allocated(trainer.device) / 2**20)
+        extra["peak_cuda_mib"] = comm.gather_object(peak_gpu_mib(trainer.device))
     return dict(**extra, steps=trainer.step_index, loss=rec["loss"] if rec else float("nan"), checkpoint=str(ckpt_path),
                 seconds=time.perf_counter() - t_start, stopped=stopped, peak_rss_mb=peaks,
                 bytes_allreduced=getattr(comm, "bytes_allreduced", 0))

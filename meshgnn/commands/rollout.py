@@ -37,7 +37,8 @@ def print_summary(res: dict) -> None:
         print("surrogate " + format_summary(res["rmse"]))
         print("persistence baseline (no change) " + format_summary(res["rmse_persistence"]))
         for f, d in res["rmse"].items():
-            ratios = [f"{k}: {res['rmse_persistence'][f][k] / v:.2f}x" for k, v in d.items() if v > 0 and res['rmse_persistence'][f][k] > 0]
+            base = res["rmse_persistence"][f]
+            ratios = [f"{k}: {base[k] / v:.2f}x" for k, v in d.items() if v > 0 and base[k] > 0]
             print(f"  {f}: persistence RMSE / surrogate RMSE  " + ", ".join(ratios))
     for k in ("pvd", "png"):
         if k in res:
