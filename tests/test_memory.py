@@ -35,9 +35,9 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     ok, kept = _faults(True)
     _, fresh = _faults(False)
     assert ok
-    # without it every 64 MiB tensor maps fresh zero pages (16k faults each); with it freed pages are mostly
-    # reused (measured here: 328k vs 115k faults)
-    assert fresh > 2 * kept, (fresh, kept)
+    # without it every 64 MiB tensor maps fresh zero pages (16k faults each: 328k); with it freed pages are mostly
+    # reused (measured here over 7 runs: 115k-164k faults, so a 2.0-2.9x margin; the bound leaves room for that)
+    assert fresh > 1.5 * kept, (fresh, kept)
 
 
 def test_rollout_with_malloc_cache_is_identical(box_dataset, tmp_path):
