@@ -223,10 +223,12 @@ class Dist:
         os._exit(code)
 
     def finalize(self) -> None:
-        """Tear down the process group (MPI finalizes itself at interpreter exit)."""
+        """Wait for every rank, then tear down the process group, joining its worker threads (MPI finalizes
+        itself at interpreter exit). Call it once, at the end of a successful run."""
         if self.distributed:
             import torch.distributed as td
             if td.is_initialized():
+                td.barrier()
                 td.destroy_process_group()
 
 
@@ -259,6 +261,11 @@ def init_from_mpi(backend: str = "auto", timeout_s: float = 60) -> Dist:
     if size > 1:
         dist.peers = comm.allgather((socket.gethostname(), os.getpid()))
     if size > 1 and not td.is_initialized():  # a second call reuses the existing group
+        # torch.distributed.nn binds ``group.WORLD`` as a default argument when it is imported, and the first
+        # custom-op call imports it (via torch._dynamo); imported after init_process_group it would keep the
+        # group alive past destroy_process_group, and its gloo threads would then race interpreter shutdown
+        # (a worker freeing a tensor after finalization began aborts the rank with SIGABRT). Import it first.
+        import torch.distributed.nn  # noqa: F401
         addr, port = _rendezvous(comm)
         for k, v in (("RANK", rank), ("WORLD_SIZE", size), ("LOCAL_RANK", local_rank),
                      ("MASTER_ADDR", addr), ("MASTER_PORT", port)):

@@ -1,5 +1,10 @@
-"""Run under mpirun: init, all-reduce, allreduce_grads, object collectives. Prints 'OK rank R' on success."""
+"""Run under mpirun: init, all-reduce, allreduce_grads, object collectives, teardown. Prints 'OK rank R' on success."""
+import os
+import sys
+
 import torch
+
+from meshgnn import ops
 
 from meshgnn.distributed import abort_on_exception, init_from_mpi
 
@@ -39,5 +44,23 @@ with abort_on_exception(dist):
     got = dist.gather_object(("rank", r))
     assert (got == [("rank", k) for k in range(n)]) if dist.is_root else got is None
     dist.barrier()
-    print(f"OK rank {r} size {n} backend {dist.backend} threads {dist.threads}", flush=True)
+
+    # a custom op's first call imports torch._dynamo (and torch.distributed.nn) after init_process_group
+    rowptr = torch.tensor([0, 2, 3])
+    assert torch.equal(ops.segment_sum(torch.ones(3, 2), rowptr), torch.tensor([[2.0, 2.0], [1.0, 1.0]]))
+
+
+def gloo_threads() -> list[str]:
+    names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    return [s for s in names if s.startswith(("pt_gloo", "gloo"))]
+
+
+assert gloo_threads(), "expected gloo worker threads while the group is up"
 dist.finalize()
+# finalize must have joined the group's worker threads: one still running at interpreter exit can free a tensor
+# after finalization began and abort the rank (SIGABRT), failing a run that had succeeded
+left = gloo_threads()
+if left:
+    print(f"FAIL rank {dist.rank}: gloo threads still running after finalize: {left}", file=sys.stderr, flush=True)
+    sys.exit(1)
+print(f"OK rank {dist.rank} size {dist.size} backend {dist.backend} threads {dist.threads}", flush=True)
