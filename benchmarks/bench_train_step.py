@@ -310,16 +310,20 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
         parts += [f"cpu-time vs {b}: {fmt_ratio(med_cpu.get(b, float('nan')), med_cpu[ours])}"
                   for b in ("PyG", "PhysicsNeMo concat") if b in med_cpu]
         print(f"  {ours:22s} " + ", ".join(parts))
-    if "PhysicsNeMo concat" in med:
-        r32 = med["PhysicsNeMo concat"] / med["ours fp32"]
-        rbf = med["PhysicsNeMo concat"] / med["ours bf16"] if "ours bf16" in med else float("nan")
-        print(f"targets: fp32 >= 1.3x PhysicsNeMo: {r32:.2f}x {'MET' if r32 >= 1.3 else 'NOT met'}; "
-              f"bf16 >= 2x: {rbf:.2f}x {'MET' if rbf >= 2 else 'NOT met'}; "
-              f">= 75% of GEMM: {100 * rows['ours fp32'][3]:.0f}% "
-              f"{'MET' if rows['ours fp32'][3] >= 0.75 else 'NOT met'}")
-    else:
-        print(f"target >= 75% of GEMM: {100 * rows['ours fp32'][3]:.0f}% "
-              f"{'MET' if rows['ours fp32'][3] >= 0.75 else 'NOT met'} (PhysicsNeMo not run)")
+    best32 = min((n for n in ("ours fp32", "ours fp32 compiled") if n in med), key=med.get, default=None)
+    best16 = min((n for n in ("ours bf16", "ours bf16 compiled") if n in med), key=med.get, default=None)
+    if best32 is None:
+        print("targets: no fp32 configuration of ours was run")
+    else:   # the targets are judged on the fastest configuration of ours that ran (eager or compiled)
+        gemm_note = f">= 75% of GEMM: {100 * rows[best32][3]:.0f}% {'MET' if rows[best32][3] >= 0.75 else 'NOT met'}"
+        if "PhysicsNeMo concat" in med:
+            r32 = med["PhysicsNeMo concat"] / med[best32]
+            rbf = med["PhysicsNeMo concat"] / med[best16] if best16 else float("nan")
+            print(f"targets ({best32}{', ' + best16 if best16 else ''}): fp32 >= 1.3x PhysicsNeMo: {r32:.2f}x "
+                  f"{'MET' if r32 >= 1.3 else 'NOT met'}; bf16 >= 2x: {rbf:.2f}x {'MET' if rbf >= 2 else 'NOT met'}; "
+                  f"{gemm_note}")
+        else:
+            print(f"target ({best32}) {gemm_note} (PhysicsNeMo not run)")
     big = max((s for p, s in gemm_med if p == "fp32"), key=lambda s: s[0] * s[1] * s[2])
     big_flops = 3 * 2 * big[0] * big[1] * big[2]
     fp32 = gemm_med[("fp32", big)]
