@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .memory import enable_huge_pages
+    enable_huge_pages()   # before any sub-command imports torch: big tensors on transparent huge pages
     try:
         rc = args._module.run(args)
         return int(rc or 0)

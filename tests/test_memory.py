@@ -52,3 +52,50 @@ def test_rollout_with_malloc_cache_is_identical(box_dataset, tmp_path):
         assert p.returncode == 0, p.stderr
         outs.append((out / "rmse.csv").read_text())
     assert outs[0] == outs[1]
+
+
+HUGE = """
+import json, os, resource, sys
+{setup}
+import torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+t = torch.empty(64 * 2**20)    # 256 MiB, touched once
+t.fill_(1.0)
+print(json.dumps({{"on": on, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}}))
+"""
+
+
+def _touch_faults(setup: str) -> tuple[bool, int]:
+    import json
+    env = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", HUGE.format(setup=setup)], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    return res["on"], res["faults"]
+
+
+def _thp_mode() -> str:
+    from meshgnn.memory import THP_SETTING
+    try:
+        return open(THP_SETTING).read()
+    except OSError:
+        return "[never]"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "[never]" in _thp_mode(),
+                    reason="needs Linux transparent huge pages (mode always or madvise)")
+def test_huge_pages_cut_first_touch_faults():
+    """enable_huge_pages() before torch loads: touching a fresh 256 MiB tensor faults a few hundred times (2 MiB
+    pages) instead of ~65k (4 KiB pages); THP_MEM_ALLOC_ENABLE=0 in the environment keeps it off (control)."""
+    on, huge = _touch_faults("from meshgnn.memory import enable_huge_pages\non = enable_huge_pages()")
+    off_on, small = _touch_faults("os.environ['THP_MEM_ALLOC_ENABLE'] = '0'\n"
+                                  "from meshgnn.memory import enable_huge_pages\non = enable_huge_pages()")
+    assert on and not off_on
+    assert small > 60_000, small          # 65,536 pages of 4 KiB
+    assert huge * 8 < small, (huge, small)
+
+
+def test_huge_pages_not_claimed_after_torch_loaded():
+    import torch  # noqa: F401 - loaded, so the allocator has already read its setting
+    from meshgnn.memory import enable_huge_pages
+    assert enable_huge_pages() is False
