@@ -42,19 +42,24 @@ def keep_freed_memory() -> bool:
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+def huge_pages_supported() -> bool:
+    """True on Linux when the kernel's transparent-huge-page mode is ``always`` or ``madvise``."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(THP_SETTING) as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
 def enable_huge_pages() -> bool:
     """Set ``THP_MEM_ALLOC_ENABLE=1`` unless the environment already says otherwise; True when it takes effect.
 
     PyTorch reads the variable once, at its first CPU allocation, so this must run before ``import torch``;
-    afterwards (or when the kernel's THP mode is ``never``, or not Linux) it returns False and changes nothing.
+    afterwards (or without kernel support, see :func:`huge_pages_supported`) it returns False and changes nothing.
     """
-    if not sys.platform.startswith("linux") or "torch" in sys.modules:
-        return False
-    try:
-        with open(THP_SETTING) as f:
-            if "[never]" in f.read():
-                return False
-    except OSError:
+    if "torch" in sys.modules or not huge_pages_supported():
         return False
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     return os.environ["THP_MEM_ALLOC_ENABLE"] == "1"

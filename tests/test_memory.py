@@ -1,11 +1,14 @@
 """meshgnn.memory: glibc keeps freed memory when asked, and a rollout that asks computes exactly the same."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from meshgnn.memory import huge_pages_supported
 from meshgnn.train import TrainConfig, train
 
 CODE = """
@@ -22,11 +25,15 @@ print(json.dumps({"ok": ok, "faults": resource.getrusage(resource.RUSAGE_SELF).r
 """
 
 
+def _run_json(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter (no inherited THP_MEM_ALLOC_ENABLE); its last stdout line as JSON."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _faults(keep: bool) -> tuple[bool, int]:
-    import json
-    code = CODE if keep else CODE.replace("ok = keep_freed_memory()", "ok = False")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    res = json.loads(out.strip().splitlines()[-1])
+    res = _run_json(CODE if keep else CODE.replace("ok = keep_freed_memory()", "ok = False"))
     return res["ok"], res["faults"]
 
 
@@ -66,23 +73,11 @@ print(json.dumps({{"on": on, "faults": resource.getrusage(resource.RUSAGE_SELF).
 
 
 def _touch_faults(setup: str) -> tuple[bool, int]:
-    import json
-    env = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = subprocess.run([sys.executable, "-c", HUGE.format(setup=setup)], capture_output=True, text=True,
-                         check=True, env=env).stdout
-    res = json.loads(out.strip().splitlines()[-1])
+    res = _run_json(HUGE.format(setup=setup))
     return res["on"], res["faults"]
 
 
-def _thp_mode() -> str:
-    from meshgnn.memory import THP_SETTING
-    try:
-        return open(THP_SETTING).read()
-    except OSError:
-        return "[never]"
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or "[never]" in _thp_mode(),
+@pytest.mark.skipif(not huge_pages_supported(),
                     reason="needs Linux transparent huge pages (mode always or madvise)")
 def test_huge_pages_cut_first_touch_faults():
     """enable_huge_pages() before torch loads: touching a fresh 256 MiB tensor faults a few hundred times (2 MiB

@@ -5,7 +5,6 @@ import sys
 import torch
 
 from meshgnn import ops
-
 from meshgnn.distributed import abort_on_exception, init_from_mpi
 
 dist = init_from_mpi(timeout_s=30)
