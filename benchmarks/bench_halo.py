@@ -36,7 +36,7 @@ SECTION = "## Halo exchange"
 
 def build_store(path: Path, args) -> float:
     """Mesh, partition (METIS) and write the parts to a part store; returns the seconds it took."""
-    from decomposition import iter_parts, partition, write_part_store
+    from meshgnn.decomposition import iter_parts, partition, write_part_store
     from meshgnn.graph import edges_from_cells
     from meshgnn.meshes import box_tets
 
@@ -52,7 +52,7 @@ def build_store(path: Path, args) -> float:
 
 def load_local_parts(dist, args):
     """Every rank reads only its own parts from the store (rank 0 writes it first if missing)."""
-    from decomposition import PartStore
+    from meshgnn.decomposition import PartStore
 
     path = Path(args.store or f"/tmp/bench_halo_side{args.side}_p{args.parts}_h{args.halo}.parts.h5")
     build_s = None

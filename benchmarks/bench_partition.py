@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decomposition import format_stats, iter_parts, partition, partition_stats, write_part_store  # noqa: E402
-from decomposition.csr import incoming_csr  # noqa: E402
-from decomposition.stats import edge_cut  # noqa: E402
+from meshgnn.decomposition import format_stats, iter_parts, partition, partition_stats, write_part_store  # noqa: E402
+from meshgnn.decomposition.csr import incoming_csr  # noqa: E402
+from meshgnn.decomposition.stats import edge_cut  # noqa: E402
 
 
 def peak_rss_gib() -> float:

@@ -120,7 +120,7 @@ def probe(side: int, args) -> dict:
 # ------------------------------------------------------------------------------------------------ the mesh
 def decompose(ei, n, owner, halo, ranks_of_part):
     """Σ nodes/edges over patches, the largest patch, ghost rows (hop 1) and the remote ones per assignment."""
-    from decomposition import iter_parts
+    from meshgnn.decomposition import iter_parts
 
     tot_n = tot_e = max_n = max_e = 0
     ghosts = 0
@@ -166,8 +166,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    from integrators import get_method
-    from decomposition import partition
+    from meshgnn.integrators import get_method
+    from meshgnn.decomposition import partition
     from meshgnn.graph import edges_from_cells
     from meshgnn.meshes import box_tets
 

@@ -149,7 +149,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from decomposition import PartStore
+    from meshgnn.decomposition import PartStore
 
     store = PartStore(args.store)
     sizes = None

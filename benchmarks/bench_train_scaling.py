@@ -62,7 +62,7 @@ def write_dataset(path: Path, side: int, steps: int = 6) -> int:
 
 
 def write_store(dataset: Path, out: Path, halo: int) -> None:
-    from decomposition import iter_parts, partition, write_part_store
+    from meshgnn.decomposition import iter_parts, partition, write_part_store
     from meshgnn.io.dataset import Dataset
 
     with Dataset(dataset) as ds:

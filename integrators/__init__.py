@@ -1,6 +1,6 @@
 """Explicit Runge–Kutta integrators for any ``rate(state) -> d state/dt`` (model-agnostic).
 
-    from integrators import get_method, rk_step
+    from meshgnn.integrators import get_method, rk_step
     y_next = rk_step(model_rate, y, "heun3", dt=1.0, constrain=impose_dirichlet)
 
 Methods are data (:class:`Tableau`); :func:`rk_step` is the one stepper. See DESIGN.md §4.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from decomposition.csr import sorted_unique
+from meshgnn.decomposition.csr import sorted_unique
 
 # Local vertex pairs of the edges of each cell type (VTK/meshio vertex order).
 CELL_EDGES: dict[str, tuple[tuple[int, int], ...]] = {

@@ -222,7 +222,7 @@ def _rollout_patches(cfg, ds, sim, comm, device):
         if comm.size > 1:
             raise MeshgnnError("a rollout on several ranks needs --parts (a part store from `meshgnn partition`)")
         return [PatchData.whole(ds, device, cache, torch.float32)], None, None
-    from decomposition import PartStore
+    from meshgnn.decomposition import PartStore
 
     from .halo import StarForest
 

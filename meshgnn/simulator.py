@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-import integrators
+from meshgnn import integrators
 
 from .features import Normalizer, counter_normal, one_hot
 from .graph import Graph

@@ -197,7 +197,7 @@ class Trainer:
             self.patches = [PatchData.whole(self.ds, self.device, cache, self.dtype)]
             self.patch_parts = [[0]]
             return
-        from decomposition import PartStore
+        from meshgnn.decomposition import PartStore
 
         store = PartStore(cfg.parts)
         store.check_graph(self.ds.edge_index())

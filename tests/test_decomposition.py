@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.csgraph import shortest_path
 
-from decomposition import Part, build_parts, format_stats, iter_parts, partition, partition_stats
+from meshgnn.decomposition import Part, build_parts, format_stats, iter_parts, partition, partition_stats
 from meshgnn.graph import edges_from_cells, sort_by_receiver
 from meshgnn.meshes import box_tets
 
@@ -277,7 +277,7 @@ def test_part_dataclass_views():
 
 
 def test_sorted_unique_matches_numpy():
-    from decomposition.csr import sorted_unique
+    from meshgnn.decomposition.csr import sorted_unique
 
     rng = np.random.default_rng(3)
     for size in (0, 1, 2, 1000):

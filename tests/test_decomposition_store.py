@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from decomposition import PartStore, build_parts, graph_fingerprint, partition, write_part_store
+from meshgnn.decomposition import PartStore, build_parts, graph_fingerprint, partition, write_part_store
 from meshgnn.errors import InputError, MeshgnnError
 from meshgnn.graph import edges_from_cells
 from meshgnn.meshes import box_tets

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from decomposition import build_parts, partition, write_part_store
+from meshgnn.decomposition import build_parts, partition, write_part_store
 from meshgnn.io.dataset import Dataset
 from meshgnn.train import TrainConfig, Trainer
 

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi_scripts"))
 import halo_check  # noqa: E402
 from launch import run_mpi  # noqa: E402
 
-from decomposition import build_parts  # noqa: E402
+from meshgnn.decomposition import build_parts  # noqa: E402
 from meshgnn.distributed import Dist  # noqa: E402
 from meshgnn.errors import MeshgnnError  # noqa: E402
 from meshgnn.halo import StarForest, block_assignment  # noqa: E402

@@ -16,7 +16,7 @@ import scipy.linalg
 import torch
 from scipy.integrate import solve_ivp
 
-from integrators import (METHODS, Tableau, TableauError, get_method, integrate, load_tableau,
+from meshgnn.integrators import (METHODS, Tableau, TableauError, get_method, integrate, load_tableau,
                          receptive_field_hops, rk_stages, rk_step)
 
 DISTINCT_METHODS = sorted({m.name for m in METHODS.values()})

@@ -332,7 +332,7 @@ def test_nan_in_training_data_stops_with_diagnostic_and_keeps_checkpoint(work, c
     step, part, field and node count, exit 2; the checkpoint of the step before stays loadable."""
     from meshgnn.config import TrainConfig
     from meshgnn.train import Trainer
-    from decomposition import PartStore
+    from meshgnn.decomposition import PartStore
 
     cfg = TrainConfig(dataset=str(work["ds"]), parts=work["store"], progress=False, layers=2, latent=16,
                       hidden_layers=1)

@@ -25,7 +25,7 @@ def run(args) -> int:
     except OSError:
         is_store = False      # the dataset reader gives the precise error
     if is_store:
-        from decomposition import PartStore
+        from meshgnn.decomposition import PartStore
         print(PartStore(path).describe())
         return 0
     from ..io.dataset import Dataset, describe

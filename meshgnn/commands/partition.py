@@ -58,7 +58,7 @@ def default_store_path(dataset) -> Path:
 
 def exact_halo(layers: int, integrator: str) -> tuple[int, int]:
     """``(halo, stages)``: the hops one step of ``layers`` layers under ``integrator`` reaches."""
-    from integrators import get_method
+    from meshgnn.integrators import get_method
 
     try:
         stages = get_method(integrator).stages
@@ -70,7 +70,7 @@ def exact_halo(layers: int, integrator: str) -> tuple[int, int]:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from decomposition import format_stats, iter_parts, partition, partition_stats, write_part_store
+    from meshgnn.decomposition import format_stats, iter_parts, partition, partition_stats, write_part_store
 
     from ..io.dataset import Dataset
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from decomposition import build_parts, partition
+from meshgnn.decomposition import build_parts, partition
 from meshgnn.distributed import abort_on_exception, init_from_mpi
 from meshgnn.graph import edges_from_cells
 from meshgnn.halo import StarForest, block_assignment
