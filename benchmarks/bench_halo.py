@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from meshgnn.distributed import abort_on_exception, init_from_mpi  # noqa: E402
+from meshgnn.distributed import abort_on_exception, init_distributed  # noqa: E402
 from meshgnn.halo import StarForest, block_assignment  # noqa: E402
 
 SECTION = "## Halo exchange"
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
 
-    dist = init_from_mpi(timeout_s=900)
+    dist = init_distributed(timeout_s=900)
     with abort_on_exception(dist):
         local, part_to_rank, info = load_local_parts(dist, args)
         t0 = time.perf_counter()

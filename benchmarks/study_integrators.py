@@ -128,7 +128,7 @@ def run_one(args) -> dict:
         curve[name] = {k: [float(r[k]) for r in rows] for k in rows[0] if k != "time"}
     n = max(1, len(losses) // 10)
     result = dict(config=args.one, integrator=integrator, layers=layers, stages=STAGES[integrator],
-                  receptive_hops=layers * STAGES[integrator], seed=args.seed, latent=args.latent,
+                  receptive_hops=trainer.sim.receptive_hops, seed=args.seed, latent=args.latent,
                   params=sum(p.numel() for p in trainer.sim.model.parameters()),
                   budget_cpu_s=args.budget_cpu_s, planned_steps=planned, probe_cpu_s_per_step=probe_per_step,
                   steps=trainer.step_index, train_cpu_s=cpu, train_wall_s=wall,

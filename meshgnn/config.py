@@ -134,6 +134,8 @@ class RolloutConfig:
     out: str = field(default="rollout", metadata={"help": "output folder"})
     trajectory: str = field(default="", metadata={"help": "trajectory id (default: the first held-out one)"})
     steps: int = field(default=0, metadata={"help": "steps to roll out (0: the whole trajectory)"})
+    start: int = field(default=0, metadata={"help": "frame of the trajectory to start from (metrics and frames "
+                                                    "from there on)"})
     every: int = field(default=1, metadata={"help": "write every K-th step"})
     formats: list[str] = field(default_factory=lambda: ["pvd"],
                                metadata={"help": "output formats: pvd (.pvd + .vtu), pvtu (partitioned), vtkhdf"})

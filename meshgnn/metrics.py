@@ -2,8 +2,9 @@
 
 CSV layout (one row per :meth:`RMSETracker.update`): ``step,time,<field>,<field>,...`` where each field column
 is ``sqrt(mean over counted nodes and components of (pred - ref)^2)``. A mask (True = counted) drops prescribed
-(Dirichlet) nodes. For a distributed rollout compute :func:`squared_error_sums` per rank, sum the sums and
-counts across ranks and feed :meth:`RMSETracker.update_sums`.
+(Dirichlet) nodes, or per field the prescribed components. For a distributed rollout compute
+:func:`field_error_sums` (or :func:`squared_error_sums`) per rank, sum the sums and counts across ranks and feed
+:meth:`RMSETracker.update_sums`: nothing the size of the mesh leaves its rank.
 """
 from __future__ import annotations
 
@@ -47,6 +48,27 @@ def squared_error_sums(pred: dict, ref: dict, mask=None, components: dict | None
         sums[name] = float(np.einsum("ij,ij->", d, d))
         counts[name] = int(d.size)
     return sums, counts
+
+
+def field_error_sums(pred, ref, free, components: list[int]):
+    """Per field: ``(sum of (pred - ref)^2 over the entries counted, number of entries counted)``, float64.
+
+    pred, ref: ``(n, C)`` tensors (columns field after field, ``components`` of each); free: ``(n, C)`` bool (True =
+    counted: the model predicts it) or ``(n,)`` for whole rows. Returns a ``(2, F)`` float64 CPU tensor: row 0 the
+    sums, row 1 the counts. Partial sums of ranks add up; RMSE = ``sqrt(sum / count)`` of the totals.
+    """
+    import torch
+
+    d = pred.double() - ref.double()
+    free = free if free.dim() == 2 else free[:, None].expand_as(d)
+    sq = torch.where(free, d * d, torch.zeros((), dtype=d.dtype, device=d.device))
+    out = torch.zeros(2, len(components), dtype=torch.float64)
+    o = 0
+    for j, c in enumerate(components):
+        out[0, j] = sq[:, o:o + c].sum().cpu()
+        out[1, j] = free[:, o:o + c].sum().cpu()
+        o += c
+    return out
 
 
 class RMSETracker:

@@ -154,8 +154,8 @@ class Simulator(nn.Module):
 
     @property
     def receptive_hops(self) -> int:
-        """Hops one time step reaches: L layers per model call × s stages (the exact halo depth)."""
-        return self.model.num_layers * self.method.stages
+        """Hops one time step reaches (the exact halo depth): :func:`meshgnn.integrators.receptive_field_hops`."""
+        return integrators.receptive_field_hops(self.model.num_layers, self.method)
 
     def normalizers(self) -> list[Normalizer]:
         return [self.node_normalizer, self.edge_normalizer, self.target_normalizer]

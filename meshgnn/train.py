@@ -15,122 +15,15 @@ import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
+from .distributed import Dist, choose_device
+from .domain import LocalDomain, PatchData
 from .errors import MeshgnnError
-from .features import edge_features
-from .graph import Graph
 from .config import TrainConfig
-from .simulator import FieldLayout, PatchTensors, Simulator, training_noise
-
-
-# ------------------------------------------------------------------------------------------------ process comms
-class LocalComm:
-    """The single-process stand-in for :class:`meshgnn.distributed.Dist`."""
-
-    rank, size, local_rank, is_root = 0, 1, 0, True
-    bytes_allreduced = 0
-
-    def allreduce_(self, t):
-        return t
-
-    def allreduce_grads(self, params):
-        return None
-
-    def barrier(self):
-        return None
-
-    def broadcast_object(self, obj, root=0):
-        return obj
-
-    def gather_object(self, obj, root=0):
-        return [obj]
-
-
-def assign_parts(core_counts: list[int], size: int) -> list[list[int]]:
-    """Contiguous blocks of part ids per rank, cut where the cumulative owned-node count crosses r/size.
-
-    METIS numbers neighbouring parts closely (recursive bisection), so contiguous blocks keep most halo
-    neighbours on the same rank (measured: 2.7x less cross-rank halo traffic than a greedy balance for 8 parts on
-    2 ranks) while the cuts at owned-node quantiles keep the ranks balanced. Every rank gets at least one part
-    when there are enough parts.
-    """
-    n = len(core_counts)
-    if size >= n:
-        return [[r] if r < n else [] for r in range(size)]
-    cum = np.cumsum(core_counts, dtype=np.float64)
-    total = cum[-1]
-    cuts = [0]
-    for r in range(1, size):
-        c = int(np.searchsorted(cum, total * r / size, side="left")) + 1
-        c = min(max(c, cuts[-1] + 1), n - (size - r))     # at least one part per rank, on both sides
-        cuts.append(c)
-    cuts.append(n)
-    return [list(range(cuts[r], cuts[r + 1])) for r in range(size)]
-
-
-# ------------------------------------------------------------------------------------------------------ patches
-class PatchData:
-    """One patch's tensors plus its frames, read from the dataset for this patch's nodes only."""
-
-    def __init__(self, ds, tensors: PatchTensors, nodes: Optional[np.ndarray], part_id: int, cache_bytes: int,
-                 dtype=torch.float32):
-        self.ds, self.tensors, self.nodes, self.part_id = ds, tensors, nodes, part_id
-        self.dtype = dtype
-        self._cache: dict = {}
-        self._cache_bytes = cache_bytes
-        self._static: dict = {}
-
-    @classmethod
-    def whole(cls, ds, device, cache_bytes, dtype):
-        ei = ds.edge_index()
-        n = ds.num_nodes
-        t = PatchTensors(Graph.from_edge_index(ei, n), edge_features(ds.points, ei[0], ei[1]).to(dtype),
-                         torch.from_numpy(np.asarray(ds.node_type, dtype=np.int64)),
-                         torch.arange(n, dtype=torch.int64), n)
-        return cls(ds, t.to(device), None, 0, cache_bytes, dtype)
-
-    @classmethod
-    def from_part(cls, ds, part, device, cache_bytes, dtype):
-        nodes = np.asarray(part.nodes, dtype=np.int64)
-        ei = np.asarray(part.edge_index, dtype=np.int64)
-        pts = np.asarray(ds.points)[nodes]
-        t = PatchTensors(Graph.from_edge_index(ei, len(nodes)), edge_features(pts, ei[0], ei[1]).to(dtype),
-                         torch.from_numpy(np.asarray(ds.node_type, dtype=np.int64)[nodes]),
-                         torch.from_numpy(nodes), int(part.n_core))
-        return cls(ds, t.to(device), nodes, int(part.part_id), cache_bytes, dtype)
-
-    @classmethod
-    def union(cls, patches: list["PatchData"]) -> "PatchData":
-        """One patch holding several end to end (for lock-step per-layer halo exchange)."""
-        first = patches[0]
-        tens = PatchTensors.union([p.tensors for p in patches])
-        return cls(first.ds, tens, np.concatenate([p.nodes for p in patches]), -1,
-                   sum(p._cache_bytes for p in patches), first.dtype)
-
-    def _frame(self, traj, t):
-        key = (traj, t)
-        if key not in self._cache:
-            arr = torch.from_numpy(np.ascontiguousarray(self.ds.read_state(traj, t, nodes=self.nodes)))
-            size = arr.numel() * arr.element_size()
-            while self._cache and (len(self._cache) + 1) * size > self._cache_bytes:
-                self._cache.pop(next(iter(self._cache)))
-            if size <= self._cache_bytes:
-                self._cache[key] = arr
-            return arr.to(self.tensors.node_type.device, self.dtype)
-        return self._cache[key].to(self.tensors.node_type.device, self.dtype)
-
-    def static(self, traj):
-        if traj not in self._static:
-            self._static = {traj: torch.from_numpy(np.ascontiguousarray(
-                self.ds.read_static(traj, nodes=self.nodes))).to(self.tensors.node_type.device, self.dtype)}
-        return self._static[traj]
-
-    def frames(self, traj, t):
-        return self._frame(traj, t), self._frame(traj, t + 1), self.static(traj)
+from .simulator import FieldLayout, Simulator, training_noise
 
 
 # ------------------------------------------------------------------------------------------------------- trainer
@@ -141,13 +34,10 @@ class Trainer:
         from .io.dataset import Dataset
 
         self.cfg = cfg
-        self.comm = comm or LocalComm()
+        self.comm = comm or Dist()
         self.ds = dataset or Dataset(cfg.dataset)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if cfg.device == "auto" else cfg.device))
-        if getattr(self.comm, "device", None) is not None:
-            self.device = torch.device(self.comm.device)
+        self.device = choose_device(cfg.device, self.comm.local_rank)
         torch.manual_seed(cfg.seed)
         self.layout = FieldLayout.from_dataset(self.ds)
         self.sim = Simulator(self.layout, latent=cfg.latent, layers=cfg.layers, hidden_layers=cfg.hidden_layers,
@@ -186,53 +76,17 @@ class Trainer:
                 raise MeshgnnError(f"{self.cfg.dataset}: /trajectories/{t}: needs at least 2 time steps to train")
 
     def _build_patches(self):
-        cfg, comm = self.cfg, self.comm
-        cache = cfg.max_cache_mb * 2**20
-        if not cfg.parts:
-            if comm.size > 1:
-                raise MeshgnnError("training on several ranks needs a part store: run `meshgnn partition "
-                                   f"{cfg.dataset} --parts P` and pass --parts")
-            self.parts_of_rank = [[0]]
-            self.num_parts = 1
-            self.patches = [PatchData.whole(self.ds, self.device, cache, self.dtype)]
-            self.patch_parts = [[0]]
-            return
-        from meshgnn.decomposition import PartStore
-
-        store = PartStore(cfg.parts)
-        store.check_graph(self.ds.edge_index())
-        need = self.sim.receptive_hops if cfg.halo_mode == "lhop" else 1
-        if store.halo < need and not cfg.allow_inexact:
-            raise MeshgnnError(
-                f"{cfg.parts}: halo depth {store.halo} is too shallow for exact training: {cfg.halo_mode} mode "
-                f"with {cfg.layers} layers x {self.sim.stages} integrator stages needs >= {need} "
-                f"(re-partition with --halo {need}, use --halo-mode per-layer, or pass --allow-inexact)")
-        self.store = store
-        self.num_parts = store.num_parts
-        counts = np.bincount(store.owner, minlength=store.num_parts).tolist()
-        self.parts_of_rank = assign_parts(counts, comm.size)
-        mine = self.parts_of_rank[comm.rank]
-        if not mine:
-            raise MeshgnnError(f"{cfg.parts}: {store.num_parts} parts cannot feed {comm.size} ranks; "
-                               f"partition into at least {comm.size} parts")
-        parts = [store.read(p) for p in mine]
-        self.patches = [PatchData.from_part(self.ds, part, self.device, cache // max(len(mine), 1), self.dtype)
-                        for part in parts]
-        self.patch_parts = [[p] for p in mine]
-        if cfg.halo_mode == "per-layer":
-            if cfg.sample_parts:
-                raise MeshgnnError("--sample-parts works with --halo-mode lhop only (per-layer mode runs every "
-                                   "part in lock step)")
-            from .halo import StarForest
-
-            part_to_rank = np.zeros(store.num_parts, dtype=np.int64)
-            for r, ps in enumerate(self.parts_of_rank):
-                part_to_rank[ps] = r
-            self.sf = StarForest.from_parts(parts, part_to_rank, comm.rank, dist=comm if comm.size > 1 else None,
-                                            owner=store.owner, depth=1)
-            self.patches = [PatchData.union(self.patches)]
-            self.patch_parts = [list(mine)]
-            self.halo_exchange = self.sf.bcast_flat_      # in place, differentiable (no copy per layer)
+        """This rank's :class:`LocalDomain`; its patches, parts and per-layer exchange under the trainer's names."""
+        cfg = self.cfg
+        if cfg.halo_mode == "per-layer" and cfg.sample_parts and cfg.parts:
+            raise MeshgnnError("--sample-parts works with --halo-mode lhop only (per-layer mode runs every "
+                               "part in lock step)")
+        self.domain = d = LocalDomain(self.ds, cfg.parts, self.comm, cfg.halo_mode, self.sim.receptive_hops,
+                                      self.device, self.dtype, cfg.max_cache_mb * 2**20,
+                                      allow_inexact=cfg.allow_inexact)
+        self.num_parts, self.parts_of_rank, self.patch_parts = d.num_parts, d.parts_of_rank, d.patch_parts
+        self.patches, self.store, self.sf = d.patches, d.store, d.sf
+        self.halo_exchange = d.layer_exchange      # per-layer: in place, differentiable (no copy per layer)
 
     def _noise_std(self) -> torch.Tensor:
         """Noise std per state component: the user's values (relative) times the field's data std at step 0."""
@@ -250,7 +104,7 @@ class Trainer:
         stats = torch.zeros(1 + 2 * C, dtype=torch.float64)
         for p in self.patches:
             for t in sorted({0, T // 2, T - 1}):
-                y = p._frame(traj, t)[p.tensors.core_mask()].double().cpu()
+                y = p.frame(traj, t)[p.core_mask()].double().cpu()
                 stats += torch.cat([y.new_tensor([y.shape[0]]), y.sum(0), (y * y).sum(0)])
         self.comm.allreduce_(stats)
         n = stats[0]
@@ -423,7 +277,7 @@ def train(cfg: TrainConfig, comm=None) -> dict:
     """Run training per ``cfg``; returns a summary dict (rank 0's view)."""
     from . import checkpoint as ckpt
 
-    comm = comm or LocalComm()
+    comm = comm or Dist()
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     trainer = Trainer(cfg, comm)

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi_scripts"))
 from launch import run_mpi  # noqa: E402
 
-from meshgnn.distributed import Dist, abort_on_exception, init_from_mpi  # noqa: E402
+from meshgnn.distributed import Dist, abort_on_exception, init_distributed  # noqa: E402
 
 pytestmark = pytest.mark.mpi
 
@@ -68,7 +68,7 @@ def test_single_process_without_launcher(monkeypatch):
     for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    d = init_from_mpi(backend="gloo")
+    d = init_distributed(backend="gloo")
     assert (d.rank, d.size, d.local_rank, d.is_root, d.backend) == (0, 1, 0, True, "none")
     x = torch.arange(3.0)
     assert torch.equal(d.allreduce_(x.clone()), x)

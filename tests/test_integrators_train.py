@@ -15,8 +15,10 @@ import torch
 from meshgnn.checkpoint import load_simulator
 from meshgnn.config import RolloutConfig
 from meshgnn.io.dataset import Dataset
-from meshgnn.rollout import PatchedState, _rollout_patches, rollout
-from meshgnn.train import LocalComm, Trainer, TrainConfig, train
+from meshgnn.domain import LocalDomain, PatchData
+from meshgnn.distributed import Dist
+from meshgnn.rollout import PatchedState, rollout
+from meshgnn.train import Trainer, TrainConfig, train
 
 from test_exactness import make_store
 
@@ -62,16 +64,15 @@ def pvd_frames(folder) -> list[np.ndarray]:
 
 def reference_rollout(sim, ds_path, traj, steps, method) -> list[np.ndarray]:
     """Whole-graph rollout by :func:`reference_step`, prescribed nodes from the data; frames 0..steps."""
-    from meshgnn.train import PatchData
 
     ds = Dataset(ds_path)
     patch = PatchData.whole(ds, torch.device("cpu"), 2**26, torch.float32)
-    y = patch._frame(traj, 0)
+    y = patch.frame(traj, 0)
     static = patch.static(traj)
     frames = [y.numpy().copy()]
     with torch.no_grad():
         for k in range(1, steps + 1):
-            y = reference_step(sim, y, static, patch.tensors, method, y_next_fixed=patch._frame(traj, k))
+            y = reference_step(sim, y, static, patch.tensors, method, y_next_fixed=patch.frame(traj, k))
             frames.append(y.numpy().copy())
     return frames
 
@@ -148,8 +149,8 @@ def test_patch_rollout_steps_with_the_checkpoints_integrator(box_dataset, heun3_
 
 @pytest.mark.parametrize("mode,halo", [("whole", 0), ("lhop", LAYERS * 3), ("per-layer", 1)])
 def test_rollout_step_leaves_the_callers_state_alone(box_dataset, heun3_run, mode, halo):
-    """``PatchedState.advance`` returns new tensors; the input states (here the frame cache's own tensors,
-    which ``initial()`` hands out without a copy) are bit-for-bit unchanged after several heun3 steps."""
+    """``PatchedState.advance`` returns new tensors; the input states (the domain's frame 0) are bit-for-bit
+    unchanged after several heun3 steps, and so is the frame cache."""
     d, ckpt = heun3_run
     sim, _ = load_simulator(ckpt)
     parts = "" if mode == "whole" else make_store(box_dataset, d, halo=halo, nparts=4)
@@ -157,8 +158,9 @@ def test_rollout_step_leaves_the_callers_state_alone(box_dataset, heun3_run, mod
                         halo_mode="lhop" if mode == "whole" else mode)
     ds = Dataset(box_dataset)
     traj = TRAJ
-    patches, sf, _ = _rollout_patches(cfg, ds, sim, LocalComm(), torch.device("cpu"))
-    st = PatchedState(sim, ds, traj, patches, LocalComm(), sf, per_layer=mode == "per-layer")
+    domain = LocalDomain(ds, cfg.parts, Dist(), cfg.halo_mode, sim.receptive_hops)
+    patches = domain.patches
+    st = PatchedState(sim, domain, traj)
     ys = st.initial()
     before = [y.clone() for y in ys]
     versions = [y._version for y in ys]

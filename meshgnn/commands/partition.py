@@ -58,13 +58,12 @@ def default_store_path(dataset) -> Path:
 
 def exact_halo(layers: int, integrator: str) -> tuple[int, int]:
     """``(halo, stages)``: the hops one step of ``layers`` layers under ``integrator`` reaches."""
-    from meshgnn.integrators import get_method
+    from meshgnn.integrators import get_method, receptive_field_hops
 
     try:
-        stages = get_method(integrator).stages
+        return receptive_field_hops(layers, integrator), get_method(integrator).stages
     except (ValueError, OSError) as e:
         raise InputError("--integrator", None, str(e)) from None
-    return layers * stages, stages
 
 
 def run(args) -> int:

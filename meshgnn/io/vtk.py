@@ -384,12 +384,13 @@ class _SeriesWriter:
         if not self.stride.wanted(step, last):
             self.stride.skip(step, time, point_data)
             return False
-        self._write(step, time, point_data)
+        self.write_frame(step, time, point_data)
         self.stride.last_written = step
         self.stride.pending = None
         return True
 
-    def _write(self, step, time, point_data):
+    def write_frame(self, step, time, point_data):
+        """Write one frame unconditionally (no stride). point_data: {name: (N,)|(N,C)}."""
         raise NotImplementedError
 
     def _finish(self):
@@ -402,7 +403,7 @@ class _SeriesWriter:
         pending = self.stride.take_pending() if flush_last else None
         try:
             if pending is not None:
-                self._write(*pending)
+                self.write_frame(*pending)
         finally:
             self.closed = True
             self._finish()
@@ -483,7 +484,7 @@ class RolloutWriter(_SeriesWriter):
                 wait_timeout=0.0, pvd_name=pvd)))
         return out
 
-    def _write(self, step, time, point_data):
+    def write_frame(self, step, time, point_data):
         t0 = _time.perf_counter()
         if "pvd" in self.formats:
             fname = f"{self.name}_{step:0{STEP_DIGITS}d}.vtu"
@@ -495,7 +496,7 @@ class RolloutWriter(_SeriesWriter):
         if self.hdf is not None:
             self.hdf.write_step(time, point_data)
         for ids, piece in self.pieces:
-            piece._write(step, time, {k: np.asarray(v)[ids] for k, v in point_data.items()})
+            piece.write_frame(step, time, {k: np.asarray(v)[ids] for k, v in point_data.items()})
         self.seconds_writing += _time.perf_counter() - t0
 
     def _finish(self):
@@ -556,7 +557,7 @@ class PartitionedRolloutWriter(_SeriesWriter):
     def piece_name(self, step: int, rank: int) -> str:
         return f"{self.name}_{step:0{STEP_DIGITS}d}_p{rank:04d}.vtu"
 
-    def _write(self, step, time, point_data):
+    def write_frame(self, step, time, point_data):
         pdata = {**self.static_point_data, **point_data}
         write_vtu(self.out_dir / self.piece_name(step, self.rank), self.mesh, pdata, self.static_cell_data,
                   self.units)

@@ -5,9 +5,9 @@ import sys
 import torch
 
 from meshgnn import ops
-from meshgnn.distributed import abort_on_exception, init_from_mpi
+from meshgnn.distributed import abort_on_exception, init_distributed
 
-dist = init_from_mpi(timeout_s=30)
+dist = init_distributed(timeout_s=30)
 with abort_on_exception(dist):
     r, n = dist.rank, dist.size
     assert dist.local_rank == r and dist.local_size == n, (dist.local_rank, dist.local_size)  # one host

@@ -9,10 +9,10 @@ import time
 
 import torch
 
-from meshgnn.distributed import abort_on_exception, init_from_mpi
+from meshgnn.distributed import abort_on_exception, init_distributed
 
 mode = sys.argv[1]
-dist = init_from_mpi(timeout_s=float(sys.argv[2]) if len(sys.argv) > 2 else 60)
+dist = init_distributed(timeout_s=float(sys.argv[2]) if len(sys.argv) > 2 else 60)
 with abort_on_exception(dist):
     x = torch.ones(3)
     dist.allreduce_(x)  # a first collective everybody reaches

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from meshgnn.decomposition import build_parts, partition
-from meshgnn.distributed import abort_on_exception, init_from_mpi
+from meshgnn.distributed import abort_on_exception, init_distributed
 from meshgnn.graph import edges_from_cells
 from meshgnn.halo import StarForest, block_assignment
 from meshgnn.meshes import box_tets
@@ -161,7 +161,7 @@ def check_all(dist, side=7, nparts=4):
 
 
 if __name__ == "__main__":
-    dist = init_from_mpi(timeout_s=60)
+    dist = init_distributed(timeout_s=60)
     with abort_on_exception(dist):
         rep = check_all(dist)
         print(f"OK rank {dist.rank} size {dist.size} per_layer_err {rep['per_layer'][0]:.2e} "
