@@ -12,13 +12,15 @@ export OPENBLAS_NUM_THREADS ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the versions CI tests (the CPU torch wheel among them); pyproject.toml stays loose.
+# [mpi] brings Open MPI's mpirun and mpi4py from PyPI (a cluster builds mpi4py against its MPI: jobs/README.md).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -c constraints.txt -e '.[mpi]'
 	touch $(STAMP)
 
 $(TSTAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,mpi,pyg]'
 	touch $(TSTAMP)
 
 demo: $(STAMP)

@@ -71,15 +71,16 @@ def aggregation_methods(graph: Graph) -> dict:
     def index_add_unsorted(v):  # the edge order of an unsorted edge list: shuffled edges (shuffle not timed)
         return v.new_zeros((n, v.shape[1])).index_add(0, r_shuffled, v)
 
-    def pyg_scatter(v):
-        from torch_geometric.utils import scatter
-        return scatter(v, r, dim=0, dim_size=n, reduce="sum")
-
     def segment_reduce(v):
         return torch.segment_reduce(v, "sum", offsets=rowptr, axis=0)
 
     methods = {"ours": ours, "index_add_unsorted": index_add_unsorted, "index_add_sorted": index_add_sorted,
-               "pyg_scatter": pyg_scatter, "segment_reduce": segment_reduce}
+               "segment_reduce": segment_reduce}
+    try:   # optional baselines: extras [pyg] and [scatter]
+        from torch_geometric.utils import scatter
+        methods["pyg_scatter"] = lambda v: scatter(v, r, dim=0, dim_size=n, reduce="sum")
+    except ImportError:
+        print("bench_aggregation: pyg_scatter skipped (pip install 'meshgnn[pyg]')", file=sys.stderr)
     try:
         import torch_scatter
         methods["torch_scatter"] = lambda v: torch_scatter.segment_csr(v, rowptr, reduce="sum")

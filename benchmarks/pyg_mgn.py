@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.nn import MessagePassing
+
+try:
+    from torch_geometric.nn import MessagePassing
+except ImportError as exc:   # the baseline is optional: say which extra brings it
+    raise ImportError("benchmarks/pyg_mgn.py: the PyG baseline needs torch-geometric "
+                      "(pip install 'meshgnn[pyg]')") from exc
 
 from meshgnn.model.mgn import mlp
 

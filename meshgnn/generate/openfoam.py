@@ -17,11 +17,13 @@ import re
 import shutil
 import subprocess
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 
 from ..errors import MeshgnnError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "data" / "openfoam" / "channel"
+# data/ installs as the package meshgnn.data (pyproject.toml): the same lookup in a checkout and in a wheel
+TEMPLATE_DIR = Path(str(files("meshgnn.data"))) / "openfoam" / "channel"
 FOAM_BASHRC_CANDIDATES = ("/usr/share/openfoam/etc/bashrc", "/usr/lib/openfoam/openfoam/etc/bashrc",
                           "/opt/openfoam/etc/bashrc")
 PATCHES = ("inlet", "outlet", "walls", "obstacles")
@@ -153,7 +155,8 @@ def write_case(case: Path, u_in: float, end_time: float, delta_t: float, write_e
                nu: float = 1e-3, diffusivity: float = 1e-3) -> None:
     """Copy the template into ``case`` with its ``@@NAME@@`` markers filled in."""
     if not TEMPLATE_DIR.is_dir():
-        raise MeshgnnError(f"{TEMPLATE_DIR}: OpenFOAM case template not found (run from a source checkout)")
+        raise MeshgnnError(f"{TEMPLATE_DIR}: OpenFOAM case template not found (an incomplete installation: "
+                           "reinstall meshgnn)")
     values = {"U_IN": f"{u_in:.8g}", "END_TIME": f"{end_time:.8g}", "DELTA_T": f"{delta_t:.8g}",
               "WRITE_EVERY": str(int(write_every)), "NPROCS": str(int(nprocs)), "NU": f"{nu:.8g}",
               "DIFFUSIVITY": f"{diffusivity:.8g}"}

@@ -11,8 +11,8 @@ Backends:
     "ours" (default)   the ``meshgnn::*`` torch.library custom ops: C++/OpenMP CSR kernels on CPU, Triton on CUDA,
                        pure torch where neither is available. Deterministic (no atomics): bitwise identical
                        across runs and thread counts. Traceable by ``torch.compile(fullgraph=True)``.
-    "torch_scatter"    ``torch_scatter.segment_csr`` (only if torch-scatter is installed)
-    "pyg"              ``torch_geometric.utils.scatter`` with receiver indices
+    "torch_scatter"    ``torch_scatter.segment_csr`` (only if torch-scatter is installed: extra ``[scatter]``)
+    "pyg"              ``torch_geometric.utils.scatter`` with receiver indices (extra ``[pyg]``)
     "index_add"        ``Tensor.index_add_`` with receiver indices
 The baselines compute ``gather_add`` unfused, with torch's own autograd.
 """
@@ -45,6 +45,14 @@ def _torch_scatter():
     return torch_scatter
 
 
+def _pyg_scatter():
+    try:
+        from torch_geometric.utils import scatter
+    except ImportError as exc:
+        raise MeshgnnError("ops backend 'pyg' needs the torch-geometric package (pip install 'meshgnn[pyg]')") from exc
+    return scatter
+
+
 def available_backends() -> list[str]:
     """The backends usable in this environment (``torch_scatter`` only when installed)."""
     names = []
@@ -62,6 +70,8 @@ def _require(name: str) -> None:
         raise MeshgnnError(f"unknown ops backend {name!r} (expected one of {', '.join(BACKENDS)})")
     if name == "torch_scatter":
         _torch_scatter()
+    elif name == "pyg":
+        _pyg_scatter()
 
 
 def set_backend(name: str) -> None:
@@ -104,8 +114,7 @@ def segment_sum(values: torch.Tensor, rowptr: torch.Tensor) -> torch.Tensor:
     elif backend == "torch_scatter":
         out = _torch_scatter().segment_csr(flat, rowptr, reduce="sum")
     elif backend == "pyg":
-        from torch_geometric.utils import scatter
-        out = scatter(flat, _receivers(rowptr, E), dim=0, dim_size=n, reduce="sum")
+        out = _pyg_scatter()(flat, _receivers(rowptr, E), dim=0, dim_size=n, reduce="sum")
     else:
         out = flat.new_zeros((n, flat.shape[1])).index_add_(0, _receivers(rowptr, E), flat)
     return out.reshape((n,) + values.shape[1:])
