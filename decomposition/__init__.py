@@ -11,9 +11,9 @@ the exactness contract (core outputs exact after k layers iff halo >= k).
 from .halo import Part, PartSummary, build_parts, iter_parts
 from .partition import METHODS, partition, rcb
 from .stats import format_stats, partition_stats
-from .store import SCHEMA_VERSION, PartStore, graph_fingerprint, write_part_store
+from .store import SCHEMA_VERSION, PartStore, StoreError, graph_fingerprint, write_part_store
 
 __all__ = [
     "METHODS", "Part", "PartStore", "PartSummary", "SCHEMA_VERSION", "build_parts", "format_stats",
-    "graph_fingerprint", "iter_parts", "partition", "partition_stats", "rcb", "write_part_store",
+    "StoreError", "graph_fingerprint", "iter_parts", "partition", "partition_stats", "rcb", "write_part_store",
 ]

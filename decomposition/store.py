@@ -14,19 +14,51 @@ refuses a store built for another mesh.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from meshgnn.errors import InputError
-from meshgnn.io.atomic import atomic_path
-
 from .halo import Part, PartSummary
 
 SCHEMA_VERSION = 1
+
+
+class StoreError(ValueError):
+    """A missing, foreign, newer or mismatched part store: ``StoreError(path, field, message)`` reads
+    ``path: field: message`` (one line, for a command line to print as is)."""
+
+    def __init__(self, path, field: str | None = None, message: str = ""):
+        super().__init__(": ".join([str(path)] + ([field] if field else []) + ([message] if message else [])))
+        self.path, self.field = path, field
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path`` (so a crash never
+    leaves a half-written store); on an exception remove it. Our own few lines: decomposition depends on nothing
+    of meshgnn's (meshgnn.io.atomic does the same for meshgnn's files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a store is an ordinary file
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def graph_fingerprint(edge_index) -> str:
@@ -90,7 +122,7 @@ def _write_part(g, part: Part) -> None:
 class PartStore:
     """Read-only handle on a part store; :meth:`read` loads one part only.
 
-    ``PartStore(path)`` validates the schema and raises :class:`~meshgnn.errors.InputError` (one line) on a
+    ``PartStore(path)`` validates the schema and raises :class:`StoreError` (one line) on a
     missing, foreign or newer file. Usable as a context manager.
     """
 
@@ -99,19 +131,19 @@ class PartStore:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise InputError(self.path, None, "part store not found (create it with `meshgnn partition`)")
+            raise StoreError(self.path, None, "part store not found (create it with `meshgnn partition`)")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as e:
-            raise InputError(self.path, None, f"not a readable HDF5 part store ({e})") from None
+            raise StoreError(self.path, None, f"not a readable HDF5 part store ({e})") from None
         a = self._file.attrs
         version = a.get("schema_version")
         if version is None or "parts" not in self._file or "owner" not in self._file:
             self.close()
-            raise InputError(self.path, "schema_version", "not a meshgnn part store")
+            raise StoreError(self.path, "schema_version", "not a meshgnn part store")
         if int(version) > SCHEMA_VERSION:
             self.close()
-            raise InputError(self.path, "schema_version",
+            raise StoreError(self.path, "schema_version",
                              f"part store schema {int(version)} is newer than supported ({SCHEMA_VERSION})")
         self.schema_version = int(version)
         self.num_parts = int(a["num_parts"])
@@ -133,7 +165,7 @@ class PartStore:
     def read(self, p: int) -> Part:
         """Load part ``p`` (only its own datasets are read)."""
         if not 0 <= int(p) < self.num_parts:
-            raise InputError(self.path, "parts", f"part {p} out of range [0, {self.num_parts})")
+            raise StoreError(self.path, "parts", f"part {p} out of range [0, {self.num_parts})")
         g = self._file["parts"][str(int(p))]
         return Part(int(p), g["nodes"][...].astype(np.int64, copy=False), int(g.attrs["n_core"]), g["hop"][...],
                     g["edge_index"][...].astype(np.int64), g["owner_of"][...], self.halo)
@@ -145,7 +177,7 @@ class PartStore:
                            self.halo)
 
     def check_graph(self, edge_index, num_nodes: int | None = None) -> None:
-        """Raise :class:`InputError` (one line) unless ``edge_index`` is the graph this store was cut from."""
+        """Raise :class:`StoreError` (one line) unless ``edge_index`` is the graph this store was cut from."""
         e = int(np.shape(edge_index)[1])
         problem = None
         if num_nodes is not None and int(num_nodes) != self.num_nodes:
@@ -155,7 +187,7 @@ class PartStore:
         elif graph_fingerprint(edge_index) != self.fingerprint:
             problem = f"graph fingerprint {self.fingerprint[:12]} does not match the dataset's"
         if problem:
-            raise InputError(self.path, "graph", f"part store does not match the dataset ({problem}); "
+            raise StoreError(self.path, "graph", f"part store does not match the dataset ({problem}); "
                                                  "rerun `meshgnn partition` on this dataset")
 
     def describe(self) -> str:

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import MeshgnnError
+from .errors import user_errors
 
 COMMANDS = {
     "generate": ("generate", "generate a 3D packed-column CFD dataset (gmsh tet mesh + FEM transport solver)"),
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     try:
         rc = args._module.run(args)
         return int(rc or 0)
-    except MeshgnnError as e:
+    except user_errors() as e:
         if args.debug:
             raise
         print(f"meshgnn {args.command}: error: {e}", file=sys.stderr)

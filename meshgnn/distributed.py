@@ -58,7 +58,7 @@ from datetime import timedelta
 
 import torch
 
-from .errors import MeshgnnError
+from .errors import MeshgnnError, user_errors
 
 #: Launcher variables naming a process's MPI rank or size (any one present: an MPI launch).
 MPI_VARS = ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_SIZE", "PMI_RANK", "PMIX_RANK",
@@ -463,7 +463,7 @@ def _slurm_rendezvous(env) -> tuple[str, int]:
 
 def report_exception(rank: int, exc: BaseException) -> None:
     """Print ``rank R: <Type>: <message>`` (with the traceback, unless it is a user error) to stderr."""
-    if not isinstance(exc, MeshgnnError):
+    if not isinstance(exc, user_errors()):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
@@ -500,7 +500,7 @@ def _wait_for_lost_ranks(dist: Dist, exc: BaseException, patience_s: float = 2.0
     (not for user errors, which no dead peer causes)."""
     import time
 
-    deadline = time.monotonic() + (0.0 if isinstance(exc, MeshgnnError) else patience_s)
+    deadline = time.monotonic() + (0.0 if isinstance(exc, user_errors()) else patience_s)
     while True:
         lost = dist.lost_ranks()
         if lost or time.monotonic() >= deadline:

@@ -13,3 +13,12 @@ class InputError(MeshgnnError):
         parts = [str(path)] + ([field] if field else []) + ([message] if message else [])
         super().__init__(": ".join(parts))
         self.path, self.field = path, field
+
+
+def user_errors() -> tuple[type, ...]:
+    """The exceptions a command line reports as one line (exit 2): meshgnn's own and the part store's
+    (:class:`meshgnn.decomposition.StoreError`; decomposition knows nothing of meshgnn, so it has its own class)."""
+    from .decomposition import StoreError
+
+    return (MeshgnnError, StoreError)
+

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from meshgnn.decomposition import PartStore, build_parts, graph_fingerprint, partition, write_part_store
-from meshgnn.errors import InputError, MeshgnnError
+from meshgnn.decomposition import StoreError
 from meshgnn.graph import edges_from_cells
 from meshgnn.meshes import box_tets
 
@@ -41,7 +41,7 @@ def test_round_trip(mesh, tmp_path):
                 assert a.dtype == b.dtype and np.array_equal(a, b), field
             assert store.summary(p) == want.summary()
         assert [q.part_id for q in store] == list(range(5))
-        with pytest.raises(InputError, match="out of range"):
+        with pytest.raises(StoreError, match="out of range"):
             store.read(5)
         store.check_graph(ei, n)  # the graph it was cut from
         text = store.describe()
@@ -59,7 +59,7 @@ def test_mismatch_detection(mesh, tmp_path):
     assert graph_fingerprint(other) != graph_fingerprint(ei) == graph_fingerprint(ei.copy())
     assert graph_fingerprint(ei[:, :-1]) != graph_fingerprint(ei)
     for bad, kw, match in [(other, {}, "fingerprint"), (ei[:, :-2], {}, "edges"), (ei, {"num_nodes": n + 1}, "nodes")]:
-        with pytest.raises(MeshgnnError, match=match) as info:
+        with pytest.raises(StoreError, match=match) as info:
             store.check_graph(bad, **kw)
         assert "\n" not in str(info.value) and str(path) in str(info.value)
     store.close()
@@ -81,14 +81,14 @@ def test_failed_write_leaves_nothing(mesh, tmp_path):
 
 
 def test_bad_store_files(tmp_path):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(StoreError, match="not found"):
         PartStore(tmp_path / "missing.parts.h5")
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
-    with pytest.raises(InputError, match="HDF5"):
+    with pytest.raises(StoreError, match="HDF5"):
         PartStore(tmp_path / "junk.h5")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = 1
-    with pytest.raises(InputError, match="not a meshgnn part store"):
+    with pytest.raises(StoreError, match="not a meshgnn part store"):
         PartStore(tmp_path / "other.h5")
 
 
@@ -148,3 +148,29 @@ def test_cli_bad_input_one_line(box_dataset, tmp_path, capsys, args, needle):
 def test_cli_missing_dataset(tmp_path):
     res = meshgnn("partition", tmp_path / "none.h5", "--parts", 2)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_decomposition_imports_nothing_of_meshgnn():
+    """decomposition/ and integrators/ are graph- and model-generic: no module imports meshgnn."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for pkg in ("decomposition", "integrators"):
+        for f in sorted((root / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                assert not any(n.split(".")[0] == "meshgnn" for n in names), f"{f.name} imports {names}"
+
+
+def test_cli_reports_a_store_error_in_one_line(box_dataset, tmp_path, capsys):
+    """A store the CLI cannot use is one line on stderr and exit status 2, though StoreError is no MeshgnnError."""
+    from meshgnn.cli import main
+
+    missing = tmp_path / "missing.parts.h5"
+    rc = main(["train", str(box_dataset), "--parts", str(missing), "--steps", "1", "--out", str(tmp_path / "t"),
+               "--progress", "false"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "part store not found" in err and str(missing) in err, err
+    assert "\n" not in err and "Traceback" not in err, err
