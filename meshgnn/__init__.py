@@ -5,7 +5,7 @@ stays cheap and loads no torch)::
 
     Dataset(path), DatasetWriter(...), FieldSpec          the dataset file (meshgnn.io.dataset); NODE_TYPES
     GenerateConfig, generate_dataset(out, cfg)            the packed-column generator (meshgnn.generate.column)
-    TrainConfig, run_training(cfg) -> summary             training (meshgnn.train.train)
+    TrainConfig, run_training(cfg) -> summary             training (meshgnn.train.train, cfg.ops_backend applied)
     RolloutConfig, run_rollout(cfg, return_fields=True)   rollout; ``result["fields"]`` (steps+1, N, C)
     Simulator, FieldLayout, load_simulator(checkpoint)    the model + integrator; ``(simulator, state)`` of a file
     partition, build_parts, write_part_store, PartStore   domain decomposition (meshgnn.decomposition)
@@ -29,9 +29,7 @@ _EXPORTS = {
     "GenerateConfig": ("meshgnn.generate.column", "GenerateConfig"),
     "generate_dataset": ("meshgnn.generate.column", "generate_dataset"),
     "TrainConfig": ("meshgnn.config", "TrainConfig"),
-    "run_training": ("meshgnn.train", "train"),
     "RolloutConfig": ("meshgnn.config", "RolloutConfig"),
-    "run_rollout": ("meshgnn.rollout", "rollout"),
     "Simulator": ("meshgnn.simulator", "Simulator"),
     "FieldLayout": ("meshgnn.simulator", "FieldLayout"),
     "load_simulator": ("meshgnn.checkpoint", "load_simulator"),
@@ -43,7 +41,33 @@ _EXPORTS = {
     "InputError": ("meshgnn.errors", "InputError"),
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "run_training", "run_rollout", *_EXPORTS]
+
+
+def run_training(cfg, comm=None) -> dict:
+    """Train per ``cfg`` (a :class:`TrainConfig`) with the aggregation kernels ``cfg.ops_backend``.
+
+    Returns the summary of :func:`meshgnn.train.train` (``steps``, ``loss``, ``checkpoint``, ``seconds``, ...);
+    the previously selected ops backend is restored afterwards.
+    """
+    from .ops import use_backend
+    from .train import train
+
+    with use_backend(cfg.ops_backend):
+        return train(cfg, comm)
+
+
+def run_rollout(cfg, comm=None, return_fields: bool = False) -> dict:
+    """Roll out per ``cfg`` (a :class:`RolloutConfig`) with the kernels ``cfg.ops_backend``.
+
+    Returns the result of :func:`meshgnn.rollout.rollout`; with ``return_fields`` its ``"fields"`` holds the
+    predicted states ``(steps + 1, N, C)`` float32 (one process only).
+    """
+    from .ops import use_backend
+    from .rollout import rollout
+
+    with use_backend(cfg.ops_backend):
+        return rollout(cfg, comm, return_fields=return_fields)
 
 
 def __getattr__(name: str):

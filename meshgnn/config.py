@@ -111,6 +111,10 @@ class TrainConfig:
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (fp32 master weights)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor fuses its element-wise "
                                                            "work; the first steps pay the compilation)"})
+    ops_backend: str = field(default="ours", metadata={"help": "aggregation kernels: ours (deterministic CSR "
+                                                               "kernels), or the baselines torch_scatter, pyg "
+                                                               "(extras [scatter], [pyg]) and index_add",
+                                                       "choices": ["ours", "torch_scatter", "pyg", "index_add"]})
     dtype: str = field(default="float32", metadata={"help": "parameter dtype", "choices": ["float32", "float64"]})
     freeze_normalizers_after: int = field(default=1000, metadata={"help": "normalizer accumulations before freezing"})
     val_trajectories: list[str] = field(default_factory=list,
@@ -147,6 +151,10 @@ class RolloutConfig:
     device: str = field(default="cpu", metadata={"help": "cpu|cuda|auto"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (the first step pays the "
                                                            "compilation)"})
+    ops_backend: str = field(default="ours", metadata={"help": "aggregation kernels: ours (deterministic CSR "
+                                                               "kernels), or the baselines torch_scatter, pyg "
+                                                               "(extras [scatter], [pyg]) and index_add",
+                                                       "choices": ["ours", "torch_scatter", "pyg", "index_add"]})
     malloc_cache: bool = field(default=False, metadata={"help": "CPU: keep freed memory for reuse (glibc): on top "
                                                                 "of huge pages ~1.2x faster steps, ~1.3x the peak "
                                                                 "RSS (without them ~2x / ~2x)"})

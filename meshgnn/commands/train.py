@@ -18,6 +18,8 @@ def run(args) -> int:
     from ._common import guard, make_comm
 
     cfg = resolve(TrainConfig, args, dataset=args.dataset)
+    from ..ops import set_backend
+    set_backend(cfg.ops_backend)                 # the aggregation kernels every model call below uses
     comm = make_comm(args.backend)
     with guard(comm):
         summary = train(cfg, comm)
