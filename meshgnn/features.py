@@ -112,8 +112,16 @@ class Normalizer(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------------------- features
+def edge_feature_size(dim: int) -> int:
+    """Width of :func:`edge_features` for ``dim``-D points: ``[dx, dy, |d|]`` (3) in 2-D, ``[dx, dy, dz, |d|]`` (4)."""
+    if dim not in (2, 3):
+        raise ValueError(f"points: expected 2-D or 3-D coordinates, got {dim}-D")
+    return dim + 1
+
+
 def edge_features(points: np.ndarray | torch.Tensor, senders, receivers) -> torch.Tensor:
-    """``(E, 4)`` relative position ``p_s - p_r`` and its norm, computed in float64 from global positions."""
+    """``(E, D + 1)`` relative position ``p_s - p_r`` and its norm for ``(N, D)`` points (D = 2 or 3), computed in
+    float64 from global positions."""
     p = torch.as_tensor(points, dtype=torch.float64)
     s = torch.as_tensor(senders)
     r = torch.as_tensor(receivers)

@@ -256,6 +256,13 @@ def _axis(mesh, slice_axis: str) -> str:
     return "xyz"[int(np.argmin(b[:, 1] - b[:, 0]))]
 
 
+def is_planar(mesh) -> bool:
+    """True for a mesh lying in a plane z = const (a 2-D mesh written with z = 0)."""
+    b = np.asarray(mesh.bounds, dtype=np.float64).reshape(3, 2)
+    ext = b[:, 1] - b[:, 0]
+    return bool(ext[2] <= 1e-12 * max(float(ext.max()), 1e-300))
+
+
 def _cut(mesh, view: str, axis: str):
     if view == "slice":
         out = mesh.slice(normal=AXES[axis], origin=mesh.center)
@@ -277,6 +284,8 @@ def frame_image(mesh, field: str, view: str = "slice", axis: str = "auto", compa
     1024x768, 1800x600 with ``compare``)."""
     pv = _pyvista()
     window_size = window_size or ((1800, 600) if compare else (1024, 768))
+    if is_planar(mesh):        # a 2-D mesh (z = 0): the whole mesh seen from +z, whatever slice/clip asks
+        view, axis = "surface", "z"
     axis = _axis(mesh, axis)
     panels = panels_for(mesh, field, compare, component)
     ranges = ranges or colour_ranges(panels, clim)

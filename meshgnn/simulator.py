@@ -15,7 +15,7 @@ from torch import nn
 
 from meshgnn import integrators
 
-from .features import Normalizer, counter_normal, one_hot
+from .features import Normalizer, counter_normal, edge_feature_size, one_hot
 from .graph import Graph
 from .model import MeshGraphNet
 
@@ -31,6 +31,7 @@ class FieldLayout:
     node_type_names: list[str]
     dirichlet_types: list[str] = field(default_factory=list)
     units: dict = field(default_factory=dict)
+    dim: int = 3   # spatial dimension of the mesh points: edge features are (dim + 1) wide (checkpoints store it)
 
     @property
     def state_size(self) -> int:
@@ -58,7 +59,8 @@ class FieldLayout:
                    static_fields=list(ds.static_fields),
                    static_components=[ds.fields[f].components for f in ds.static_fields],
                    node_type_names=list(ds.node_type_names), dirichlet_types=list(ds.dirichlet_types),
-                   units={f: ds.fields[f].units for f in ds.fields})
+                   units={f: ds.fields[f].units for f in ds.fields},
+                   dim=int(getattr(ds, "dim", 3)))
 
 
 @dataclass
@@ -69,7 +71,7 @@ class PatchTensors:
     """
 
     graph: Graph
-    edge_features: torch.Tensor   # (E, 4) raw relative positions + norm
+    edge_features: torch.Tensor   # (E, D + 1) raw relative positions + norm (D = 2 or 3)
     node_type: torch.Tensor       # (n,) int64
     global_ids: torch.Tensor      # (n,) int64
     n_core: int                   # owned rows come first ...
@@ -109,8 +111,6 @@ class PatchTensors:
 class Simulator(nn.Module):
     """MeshGraphNet + normalizers + integrator. ``config()`` rebuilds it (stored in checkpoints)."""
 
-    EDGE_FEATURES = 4
-
     def __init__(self, layout: FieldLayout, latent: int = 128, layers: int = 15, hidden_layers: int = 2,
                  integrator: str = "euler", concat_trick: bool = True, checkpoint_layers: bool = False,
                  checkpoint_stages: bool = False, freeze_after: int = 10_000):
@@ -122,12 +122,13 @@ class Simulator(nn.Module):
         self._config = dict(latent=latent, layers=layers, hidden_layers=hidden_layers, integrator=integrator,
                             concat_trick=concat_trick, freeze_after=freeze_after)
         node_in = layout.state_size + layout.static_size + layout.num_node_types
-        self.model = MeshGraphNet(node_in, self.EDGE_FEATURES, layout.state_size, latent=latent, layers=layers,
+        self.edge_size = edge_feature_size(layout.dim)
+        self.model = MeshGraphNet(node_in, self.edge_size, layout.state_size, latent=latent, layers=layers,
                                   hidden_layers=hidden_layers, concat_trick=concat_trick,
                                   checkpoint_layers=checkpoint_layers)
         self._compiled: dict = {}   # torch.compile'd model functions (compile_model); not module state
         self.node_normalizer = Normalizer(layout.state_size + layout.static_size, freeze_after)
-        self.edge_normalizer = Normalizer(self.EDGE_FEATURES, freeze_after)
+        self.edge_normalizer = Normalizer(self.edge_size, freeze_after)
         self.target_normalizer = Normalizer(layout.state_size, freeze_after)
 
     def compile_model(self) -> None:

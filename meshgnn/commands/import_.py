@@ -4,13 +4,14 @@ Examples:
     meshgnn import run.pvd flow.h5 --state U,p --units U=m/s,p=Pa
     meshgnn import cases/case_0 cases/case_1 flow.h5 --format openfoam --static nut
     meshgnn import 'tables/step_*.csv' flow.h5 --mesh mesh.msh --dt 0.01 --tolerance 1e-6
+    meshgnn import cylinder_flow/ cyl.h5 --split valid --limit 1 --state velocity,pressure
 See docs/importing.md for formats, node types and the mapping file.
 """
 from __future__ import annotations
 
 from ..errors import MeshgnnError
 
-FORMATS = ("auto", "vtu", "pvd", "meshio", "openfoam", "csv")
+FORMATS = ("auto", "vtu", "pvd", "meshio", "openfoam", "csv", "deepmind")
 
 
 def add_arguments(p):
@@ -19,7 +20,11 @@ def add_arguments(p):
                         ".vtu/.csv files), each one trajectory on the same mesh, then the output dataset")
     p.add_argument("--format", default="auto", choices=FORMATS,
                    help="source format (default: detect from names: .pvd, .vtu/.vtk, .csv, system/controlDict, "
-                        "else meshio)")
+                        "meta.json (deepmind: a MeshGraphNets tfrecord dataset folder), else meshio)")
+    p.add_argument("--split", default="train", help="deepmind: the split to read, <split>.tfrecord (default: train)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="deepmind: import N trajectories (records; default: all)")
+    p.add_argument("--skip", type=int, default=0, metavar="K", help="deepmind: start at record K (default: 0)")
     p.add_argument("--mesh", default=None, help="for csv: the mesh the table points belong to (any "
                                                 "meshio-readable file)")
     p.add_argument("--state", default=None, help="comma-separated state fields, in order (default: every float "
@@ -54,15 +59,23 @@ def add_arguments(p):
 
 def run(args) -> int:
     from ..io.importers import build_options, import_series
+    from ..io.importers.deepmind import import_deepmind, is_deepmind
 
     if len(args.paths) < 2:
         raise MeshgnnError("import: expected at least one SOURCE and the output OUT.h5")
     *sources, out = args.paths
     ids = [s.strip() for s in args.trajectory.split(",")] if args.trajectory else None
+    deepmind = args.format == "deepmind" or (args.format == "auto" and len(sources) == 1 and is_deepmind(sources[0]))
     options = build_options(fmt=args.format, mapping=args.mapping, state=args.state, static=args.static,
                             units=args.units, node_types=args.node_types, dt=args.dt, dirichlet=args.dirichlet,
                             mesh=args.mesh, tolerance=args.tolerance, drop_unreferenced=args.drop_unreferenced,
                             cell_data=args.cell_data)
-    import_series(sources, out, options, trajectory_ids=ids, progress=not args.no_progress,
-                  provenance={"command": "meshgnn import " + " ".join(args.paths)})
+    provenance = {"command": "meshgnn import " + " ".join(args.paths)}
+    if deepmind:
+        if len(sources) != 1:
+            raise MeshgnnError("import --format deepmind: expected one dataset folder (with meta.json) and OUT.h5")
+        import_deepmind(sources[0], out, options, split=args.split, limit=args.limit, skip=args.skip,
+                        trajectory_ids=ids, progress=not args.no_progress, provenance=provenance)
+        return 0
+    import_series(sources, out, options, trajectory_ids=ids, progress=not args.no_progress, provenance=provenance)
     return 0

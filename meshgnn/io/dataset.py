@@ -2,7 +2,7 @@
 
 Layout (schema version 1; see ``data/README.md``)::
 
-    /mesh/points        (N, 3) float64
+    /mesh/points        (N, D) float64          D = 3, or 2 for a planar mesh (attr ``dim`` on /mesh = D)
     /mesh/cells/<type>  (M, k) int64           tetra, hexahedron, wedge, pyramid, triangle, quad, line
     /mesh/node_type     (N,)   int8            attr ``names``: json list, code = index
     /mesh/edges         (2, E) int64           receiver-sorted directed edges (both directions)
@@ -30,6 +30,7 @@ NODE_TYPES = ("interior", "inlet", "outlet", "wall", "obstacle")
 ROLES = ("state", "static")
 CHUNK_NODES = 65536
 CELL_NODES = {"line": 2, "triangle": 3, "quad": 4, "tetra": 4, "pyramid": 5, "wedge": 6, "hexahedron": 8}
+VOLUME_CELLS = ("tetra", "pyramid", "wedge", "hexahedron")   # need 3-D points; the rest also live in a plane
 _CELL_CHECK_ROWS = 1 << 20   # rows of a cell block range-checked at once on open
 
 
@@ -173,9 +174,13 @@ class Dataset:
     def _validate_mesh(self) -> None:
         self._need("/mesh", "group")
         points = self._need("/mesh/points")
-        if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] < 1:
-            raise self._err("/mesh/points", f"expected shape (N, 3), got {points.shape}")
+        if points.ndim != 2 or points.shape[1] not in (2, 3) or points.shape[0] < 1:
+            raise self._err("/mesh/points", f"expected shape (N, 3), or (N, 2) for a 2-D mesh, got {points.shape}")
         self.num_nodes = n = int(points.shape[0])
+        self.dim = int(points.shape[1])
+        if "dim" in self._f["/mesh"].attrs and int(np.asarray(self._f["/mesh"].attrs["dim"])) != self.dim:
+            raise self._err("/mesh@dim", f"expected {self.dim} like /mesh/points {points.shape}, "
+                                         f"got {self._f['/mesh'].attrs['dim']}")
         nt = self._need("/mesh/node_type")
         if nt.shape != (n,):
             raise self._err("/mesh/node_type", f"expected shape ({n},) like /mesh/points, got {nt.shape}")
@@ -193,6 +198,8 @@ class Dataset:
             raise self._err("/mesh/cells", "expected at least one cell block")
         for ctype, block in cells.items():
             self._validate_cells(f"/mesh/cells/{ctype}", ctype, block, n)
+            if self.dim == 2 and ctype in VOLUME_CELLS:
+                raise self._err(f"/mesh/cells/{ctype}", "volume cells need 3-D points, /mesh/points is (N, 2)")
         if "edges" in self._f["/mesh"]:
             e = self._f["/mesh/edges"]
             if e.ndim != 2 or e.shape[0] != 2:
@@ -235,7 +242,7 @@ class Dataset:
     # ---------------------------------------------------------------- mesh
     @property
     def points(self) -> np.ndarray:
-        """(N, 3) float64 node coordinates."""
+        """(N, D) float64 node coordinates (D = :attr:`dim`, 2 or 3)."""
         if self._points is None:
             self._points = np.asarray(self._f["/mesh/points"][...], dtype=np.float64)
         return self._points
@@ -352,7 +359,7 @@ class DatasetWriter:
 
     Args:
         path: output ``.h5``.
-        points: (N, 3) float coordinates.
+        points: (N, 3) float coordinates, or (N, 2) for a 2-D mesh (triangles, quads, lines only).
         cells: ``{cell_type: (M, k) int}``.
         node_type: (N,) int codes into ``node_type_names``.
         node_type_names: names of the codes (default :data:`NODE_TYPES`).
@@ -368,10 +375,13 @@ class DatasetWriter:
                  fields=(), dirichlet_types=(), provenance=None, compression: str | None = "lzf", edges=None):
         self.path = Path(path)
         self.points = np.asarray(points, dtype=np.float64)
-        if self.points.ndim != 2 or self.points.shape[1] != 3:
-            raise ValueError(f"points: expected shape (N, 3), got {self.points.shape}")
+        if self.points.ndim != 2 or self.points.shape[1] not in (2, 3):
+            raise ValueError(f"points: expected shape (N, 3) or (N, 2), got {self.points.shape}")
         self.num_nodes = n = self.points.shape[0]
         self.cells = {str(k): np.asarray(v, dtype=np.int64) for k, v in cells.items()}
+        flat3 = sorted(set(self.cells) & set(VOLUME_CELLS)) if self.points.shape[1] == 2 else []
+        if flat3:
+            raise ValueError(f"cells[{flat3[0]!r}]: volume cells need (N, 3) points, got {self.points.shape}")
         for k, v in self.cells.items():
             if k not in CELL_NODES or v.ndim != 2 or v.shape[1] != CELL_NODES[k]:
                 raise ValueError(f"cells[{k!r}]: expected a known cell type with shape (M, {CELL_NODES.get(k)})")
@@ -461,6 +471,7 @@ class DatasetWriter:
         f.attrs["dirichlet_types"] = json.dumps(self.dirichlet_types)
         f.attrs["provenance"] = _json_attr(self.provenance)
         mesh = f.create_group("mesh")
+        mesh.attrs["dim"] = int(self.points.shape[1])
         mesh.create_dataset("points", data=self.points)
         cells = mesh.create_group("cells")
         for k, v in self.cells.items():
@@ -546,7 +557,7 @@ def describe(ds: Dataset) -> str:
     """A human-readable multi-line summary of a dataset (used by ``meshgnn info``)."""
     size = os.path.getsize(ds.path)
     lines = [f"dataset        {ds.path}  ({size / 2**20:.1f} MiB, schema v{SCHEMA_VERSION})",
-             f"mesh           {ds.num_nodes} nodes, "
+             f"mesh           {ds.dim}-D, {ds.num_nodes} nodes, "
              + ", ".join(f"{m} {k}" for k, m in _cell_counts(ds).items())
              + f", {ds._f['/mesh/edges'].shape[1] if 'edges' in ds._f['/mesh'] else '?'} directed edges"]
     counts = ds.node_type_counts()

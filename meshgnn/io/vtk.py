@@ -70,17 +70,26 @@ def _as_vtk_array(name: str, values, n: int | None = None) -> np.ndarray:
     return a
 
 
+def pad_points_3d(points) -> np.ndarray:
+    """(N, 3) float64 points: a 2-D mesh's (N, 2) points get z = 0 (VTK points are always 3-D)."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 2:
+        p = np.concatenate([p, np.zeros((p.shape[0], 1))], axis=1)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise MeshgnnError(f"points: expected shape (N, 3) or (N, 2), got {p.shape}")
+    return p
+
+
 class VtuMesh:
     """An unstructured mesh laid out as the VTK arrays it is written as (built once, reused every step).
 
-    points (N, 3) float64; cells {type: (M_t, k_t)} node ids; connectivity (sum M_t k_t,), offsets (M,)
-    (end offsets, VTK XML convention), types (M,) uint8, in the insertion order of ``cells``.
+    points (N, 3) float64 (an (N, 2) input gets z = 0); cells {type: (M_t, k_t)} node ids; connectivity
+    (sum M_t k_t,), offsets (M,) (end offsets, VTK XML convention), types (M,) uint8, in the insertion order of
+    ``cells``.
     """
 
     def __init__(self, points, cells: dict):
-        self.points = _as_vtk_array("points", np.asarray(points, dtype=np.float64))
-        if self.points.ndim != 2 or self.points.shape[1] != 3:
-            raise MeshgnnError(f"points: expected shape (N, 3), got {self.points.shape}")
+        self.points = _as_vtk_array("points", pad_points_3d(points))
         self.num_points = self.points.shape[0]
         idx = np.int32 if self.num_points < 2**31 - 1 else np.int64
         conn, sizes, types = [], [], []
