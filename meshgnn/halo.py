@@ -98,7 +98,8 @@ class StarForest:
     """
 
     def __init__(self, part_ids, sizes, n_cores, local_leaf, local_root, recv_rows, recv_splits,
-                 send_rows, send_splits, rank=0, size=1, device="cpu", needs_comm=False, depth=None):
+                 send_rows, send_splits, rank=0, size=1, device="cpu", needs_comm=False, depth=None, group=None):
+        self.group = group            # torch.distributed process group of the job (None: the world)
         self.part_ids = [int(p) for p in part_ids]
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.n_cores = np.asarray(n_cores, dtype=np.int64)
@@ -135,6 +136,7 @@ class StarForest:
         Collective: every rank calls it (it exchanges the leaf requests once).
         """
         size, device = _world(dist)
+        group = getattr(dist, "group", None)
         if rank is None:
             rank = dist.rank if dist is not None else _td_rank()
         part_to_rank = _as_rank_array(part_to_rank)
@@ -155,14 +157,14 @@ class StarForest:
         order = order[~is_local[order]]
         recv_splits = np.bincount(root_rank[order], minlength=size)
         requests = np.stack([root_part[order], node[order]], axis=1)
-        incoming, send_splits, total_remote = _exchange_requests(requests, recv_splits, size, device)
+        incoming, send_splits, total_remote = _exchange_requests(requests, recv_splits, size, device, group)
         max_id = max([int(np.max(p.nodes, initial=-1)) for p in local] + [int(np.max(incoming[:, 1], initial=-1))])
         table = _RootTable(local, offsets[:-1], max_id)
         local_root = table.lookup(root_part[is_local], node[is_local])
         send_rows = table.lookup(incoming[:, 0], incoming[:, 1])
         return cls([p.part_id for p in local], sizes, [int(p.n_core) for p in local], leaf[is_local], local_root,
                    leaf[order], recv_splits, send_rows, send_splits, rank=rank, size=size, device=device,
-                   needs_comm=total_remote > 0, depth=depth)
+                   needs_comm=total_remote > 0, depth=depth, group=group)
 
     # ------------------------------------------------------------------ layout
     @property
@@ -255,7 +257,8 @@ class StarForest:
         import torch.distributed as td
         buf = send.contiguous().to(self.device)
         out = buf.new_empty((sum(recv_splits),) + tuple(send.shape[1:]))
-        td.all_to_all_single(out, buf, output_split_sizes=list(recv_splits), input_split_sizes=list(send_splits))
+        td.all_to_all_single(out, buf, output_split_sizes=list(recv_splits), input_split_sizes=list(send_splits),
+                             group=self.group)
         self.bytes_exchanged += buf.numel() * buf.element_size()
         return out.to(send.device)
 
@@ -354,7 +357,7 @@ def _leaves(local, offsets, owner, depth):
     return cat(leaf), cat(root_part), cat(node)
 
 
-def _exchange_requests(requests: np.ndarray, counts: np.ndarray, size: int, device):
+def _exchange_requests(requests: np.ndarray, counts: np.ndarray, size: int, device, group=None):
     """Send each root rank the ``(k, 2)`` (root part, node) requests addressed to it.
 
     Returns ``(incoming (S, 2) int64, per-source counts (size,), total remote leaves in the job)``.
@@ -366,11 +369,12 @@ def _exchange_requests(requests: np.ndarray, counts: np.ndarray, size: int, devi
     import torch.distributed as td
     out_counts = torch.as_tensor(counts, dtype=torch.int64, device=device)
     in_counts = torch.empty_like(out_counts)
-    td.all_to_all_single(in_counts, out_counts)
+    td.all_to_all_single(in_counts, out_counts, group=group)
     in_counts_np = in_counts.cpu().numpy()
     incoming = torch.empty((int(in_counts_np.sum()), 2), dtype=torch.int64, device=device)
     td.all_to_all_single(incoming, torch.as_tensor(requests, dtype=torch.int64, device=device).contiguous(),
-                         output_split_sizes=in_counts_np.tolist(), input_split_sizes=np.asarray(counts).tolist())
+                         output_split_sizes=in_counts_np.tolist(), input_split_sizes=np.asarray(counts).tolist(),
+                         group=group)
     total = torch.tensor([requests.shape[0]], dtype=torch.int64, device=device)
-    td.all_reduce(total)
+    td.all_reduce(total, group=group)
     return incoming.cpu().numpy(), in_counts_np, int(total.item())

@@ -31,6 +31,8 @@ class FieldLayout:
     node_type_names: list[str]
     dirichlet_types: list[str] = field(default_factory=list)
     units: dict = field(default_factory=dict)
+    # {state field: node types prescribing it}; empty: every state field is prescribed on ``dirichlet_types``
+    dirichlet_fields: dict = field(default_factory=dict)
     dim: int = 3   # spatial dimension of the mesh points: edge features are (dim + 1) wide (checkpoints store it)
 
     @property
@@ -49,6 +51,16 @@ class FieldLayout:
     def dirichlet_codes(self) -> list[int]:
         return [self.node_type_names.index(t) for t in self.dirichlet_types if t in self.node_type_names]
 
+    def prescribed_types(self) -> list[list[int]]:
+        """Per state *component*: the node type codes whose values the data prescribes for it."""
+        out = []
+        for name, comps in zip(self.state_fields, self.state_components):
+            types = self.dirichlet_fields.get(name, self.dirichlet_types) if self.dirichlet_fields else \
+                self.dirichlet_types
+            codes = [self.node_type_names.index(t) for t in types if t in self.node_type_names]
+            out.extend([codes] * comps)
+        return out
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -60,6 +72,7 @@ class FieldLayout:
                    static_components=[ds.fields[f].components for f in ds.static_fields],
                    node_type_names=list(ds.node_type_names), dirichlet_types=list(ds.dirichlet_types),
                    units={f: ds.fields[f].units for f in ds.fields},
+                   dirichlet_fields={f: list(t) for f, t in ds.dirichlet_fields.items()},
                    dim=int(getattr(ds, "dim", 3)))
 
 
@@ -113,7 +126,8 @@ class Simulator(nn.Module):
 
     def __init__(self, layout: FieldLayout, latent: int = 128, layers: int = 15, hidden_layers: int = 2,
                  integrator: str = "euler", concat_trick: bool = True, checkpoint_layers: bool = False,
-                 checkpoint_stages: bool = False, freeze_after: int = 10_000):
+                 checkpoint_stages: bool = False, freeze_after: int = 10_000, checkpoint_segments: int = 0,
+                 checkpoint_storage: str = "float32", memory_budget: str = ""):
         super().__init__()
         self.layout = layout
         self.method = integrators.get_method(integrator)
@@ -125,7 +139,9 @@ class Simulator(nn.Module):
         self.edge_size = edge_feature_size(layout.dim)
         self.model = MeshGraphNet(node_in, self.edge_size, layout.state_size, latent=latent, layers=layers,
                                   hidden_layers=hidden_layers, concat_trick=concat_trick,
-                                  checkpoint_layers=checkpoint_layers)
+                                  checkpoint_layers=checkpoint_layers, checkpoint_segments=checkpoint_segments,
+                                  checkpoint_storage=checkpoint_storage, memory_budget=memory_budget,
+                                  stages=self.method.stages)   # memory options: not in config() (no semantics)
         self._compiled: dict = {}   # torch.compile'd model functions (compile_model); not module state
         self.node_normalizer = Normalizer(layout.state_size + layout.static_size, freeze_after)
         self.edge_normalizer = Normalizer(self.edge_size, freeze_after)
@@ -162,11 +178,12 @@ class Simulator(nn.Module):
         return [self.node_normalizer, self.edge_normalizer, self.target_normalizer]
 
     def fixed_mask(self, node_type: torch.Tensor) -> torch.Tensor:
-        """(n,) bool: nodes whose state the data prescribes."""
-        codes = self.layout.dirichlet_codes
-        mask = torch.zeros_like(node_type, dtype=torch.bool)
-        for c in codes:
-            mask |= node_type == c
+        """(n, C) bool: the state components the data prescribes at each node (per-field Dirichlet values)."""
+        per_comp = self.layout.prescribed_types()
+        mask = torch.zeros(node_type.shape[0], len(per_comp), dtype=torch.bool, device=node_type.device)
+        for j, codes in enumerate(per_comp):
+            for c in codes:
+                mask[:, j] |= node_type == c
         return mask
 
     # ------------------------------------------------------------------------------------------------ the physics
@@ -187,12 +204,13 @@ class Simulator(nn.Module):
              halo_exchange: Optional[Callable] = None, fixed: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One time step ``y_n -> y_{n+1}`` (out of place).
 
-        Prescribed nodes keep ``y``'s values on every stage input; in the result they take ``y_next_fixed``'s
-        values when given (the data's next boundary values), else ``y``'s.
+        Prescribed components (``fixed`` (n, C), or (n,) for whole rows) keep ``y``'s values on every stage input;
+        in the result they take ``y_next_fixed``'s values when given (the data's next boundary values), else ``y``'s.
         """
         if fixed is None:
             fixed = self.fixed_mask(patch.node_type)
-        fixed = fixed[:, None]
+        if fixed.dim() == 1:
+            fixed = fixed[:, None]
         edge_latent = self.encode_edges(patch, y.dtype)
 
         def constrain(z):
@@ -210,7 +228,9 @@ class Simulator(nn.Module):
 
 def training_noise(seed: int, step: int, global_ids: torch.Tensor, std: torch.Tensor, fixed: torch.Tensor,
                    dtype=torch.float32) -> torch.Tensor:
-    """Gaussian noise ``(n, C)`` of per-component std ``std (C,)`` on non-prescribed nodes, keyed by global id."""
+    """Gaussian noise ``(n, C)`` of per-component std ``std (C,)`` on non-prescribed components (``fixed`` (n, C)
+    or (n,)), keyed by global id."""
     z = counter_normal(seed, step, global_ids.cpu(), std.numel()).to(global_ids.device)
     z = z * std.to(z)
-    return (z * (~fixed)[:, None]).to(dtype)
+    free = ~(fixed if fixed.dim() == 2 else fixed[:, None])
+    return (z * free).to(dtype)

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import dataset_signature  # noqa: F401 - re-exported (moved to checkpoint.py)
 from .distributed import Dist, choose_device
 from .domain import LocalDomain, PatchData
 from .errors import MeshgnnError
 from .config import TrainConfig
+from .recipe import Sample, draw_samples, impulsive_frames, lr_lambda, noise_key, unrolled_errors
 from .simulator import FieldLayout, Simulator, training_noise
 
 
@@ -42,7 +44,9 @@ class Trainer:
         self.layout = FieldLayout.from_dataset(self.ds)
         self.sim = Simulator(self.layout, latent=cfg.latent, layers=cfg.layers, hidden_layers=cfg.hidden_layers,
                              integrator=cfg.integrator, checkpoint_layers=cfg.checkpoint_layers,
-                             checkpoint_stages=cfg.checkpoint_stages,
+                             checkpoint_stages=cfg.checkpoint_stages, checkpoint_segments=cfg.checkpoint_segments,
+                             checkpoint_storage=cfg.checkpoint_storage,
+                             memory_budget=cfg.memory_budget,
                              freeze_after=cfg.freeze_normalizers_after).to(self.device, self.dtype)
         for nz in self.sim.normalizers():   # statistics stay float64
             nz.to(torch.float64)
@@ -50,12 +54,17 @@ class Trainer:
             self.sim.compile_model()
         self._split_trajectories()
         self.halo_exchange = None
+        self.group, self.group_comm = self._data_parallel_group()
         self._build_patches()
+        self.owned_total = self._owned_total()
+        self.first_frame = self._first_frames()
+        self.frame_ranges = self._frame_ranges()
         self.optimizer = torch.optim.Adam(self.sim.model.parameters(), lr=cfg.lr)
         decay = (cfg.lr_final / cfg.lr) if cfg.lr > 0 else 1.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: decay ** (min(s, cfg.steps) / max(cfg.steps, 1)))
+            self.optimizer, lr_lambda(cfg.lr_schedule, cfg.steps, min(cfg.warmup_steps, cfg.steps // 2), decay))
         self.step_index = 0
+        self.best = dict(score=float("inf"), step=-1)      # best validation score so far and its step
         self.noise_std = self._noise_std()
         self.deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else None
 
@@ -81,12 +90,72 @@ class Trainer:
         if cfg.halo_mode == "per-layer" and cfg.sample_parts and cfg.parts:
             raise MeshgnnError("--sample-parts works with --halo-mode lhop only (per-layer mode runs every "
                                "part in lock step)")
-        self.domain = d = LocalDomain(self.ds, cfg.parts, self.comm, cfg.halo_mode, self.sim.receptive_hops,
-                                      self.device, self.dtype, cfg.max_cache_mb * 2**20,
-                                      allow_inexact=cfg.allow_inexact)
+        self.domain = d = LocalDomain(self.ds, cfg.parts, self.group_comm, cfg.halo_mode, self.hops_needed, self.device,
+                                      self.dtype, cfg.max_cache_mb * 2**20, allow_inexact=cfg.allow_inexact)
         self.num_parts, self.parts_of_rank, self.patch_parts = d.num_parts, d.parts_of_rank, d.patch_parts
         self.patches, self.store, self.sf = d.patches, d.store, d.sf
         self.halo_exchange = d.layer_exchange      # per-layer: in place, differentiable (no copy per layer)
+
+    def _data_parallel_group(self):
+        """(this rank's data-parallel group index, the group's communicator): G contiguous groups of ranks, each
+        holding a full copy of the domain; gradients and statistics are still summed over the whole job."""
+        G = self.cfg.data_parallel
+        if G == 1:
+            return 0, self.comm
+        if self.comm.size < G:
+            raise MeshgnnError(f"--data-parallel {G}: needs at least {G} ranks (this job has {self.comm.size}); "
+                               f"on one process use --batch instead")
+        return self.comm.rank // (self.comm.size // G), self.comm.split_groups(G)
+
+    @property
+    def hops_needed(self) -> int:
+        """Halo depth for exact L-hop training: layers x stages per step, times the unrolled steps."""
+        return self.sim.receptive_hops * self.cfg.unroll
+
+    def _owned_total(self) -> int:
+        n = torch.tensor([float(sum(int(p.tensors.core_mask().sum()) for p in self.patches))], dtype=torch.float64)
+        self.comm.allreduce_(n)
+        return int(n[0]) // max(self.cfg.data_parallel, 1)
+
+    def _change_rms(self, traj: str, probe: int = 6) -> list[float]:
+        """RMS change of the first ``probe`` transitions k -> k+1 of ``traj`` (owned nodes, all ranks)."""
+        T = self.ds.num_steps(traj)
+        K = min(probe, T - 1)
+        sums = torch.zeros(K + 1, dtype=torch.float64)
+        for p in self.patches:
+            core = p.tensors.core_mask()
+            prev = p.frames(traj, 0)[0][core].double()
+            for k in range(K):
+                nxt = p.frames(traj, k)[1][core].double()
+                sums[k] += float(((nxt - prev) ** 2).sum())
+                prev = nxt
+            sums[K] += float(core.sum())
+        self.comm.allreduce_(sums)
+        n = max(float(sums[K]), 1.0)
+        return [math.sqrt(float(x) / n) for x in sums[:K]]
+
+    def _first_frames(self) -> dict[str, int]:
+        """First input frame per trajectory: ``--train-start``, or (auto) past an impulsive start."""
+        trajs = self.train_trajectories + [t for t in self.val_trajectories if t not in self.train_trajectories]
+        if self.cfg.train_start >= 0:
+            return {t: self.cfg.train_start for t in trajs}
+        out = {t: impulsive_frames(self._change_rms(t)) for t in trajs}
+        skipped = {t: k for t, k in out.items() if k}
+        if skipped and self.comm.is_root:
+            print(f"train: impulsive start detected (first transition >10x the later ones) in "
+                  f"{len(skipped)} of {len(trajs)} trajectories; training and validation start at frame "
+                  f"{max(skipped.values())} there (--train-start 0 to keep it)", flush=True)
+        return out
+
+    def _frame_ranges(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for t in self.train_trajectories:
+            lo, hi = self.first_frame[t], self.ds.num_steps(t) - self.cfg.unroll
+            if hi <= lo:
+                raise MeshgnnError(f"{self.cfg.dataset}: /trajectories/{t}: {self.ds.num_steps(t)} frames leave no "
+                                   f"sample for --unroll {self.cfg.unroll} from frame {lo}")
+            out[t] = (lo, hi)
+        return out
 
     def _noise_std(self) -> torch.Tensor:
         """Noise std per state component: the user's values (relative) times the field's data std at step 0."""
@@ -112,27 +181,33 @@ class Trainer:
         return torch.tensor(rel, dtype=torch.float64) * var.sqrt()
 
     # ---------------------------------------------------------------------------------------------------- a step
-    def sample(self, step: int) -> tuple[str, int, list[int]]:
-        """(trajectory, time index, active parts) for ``step``: a pure function of (seed, step)."""
-        rng = np.random.default_rng([self.cfg.seed, step, 0x5EED])
-        traj = self.train_trajectories[int(rng.integers(len(self.train_trajectories)))]
-        t = int(rng.integers(self.ds.num_steps(traj) - 1))
+    def sample(self, step: int) -> tuple[list[Sample], list[int]]:
+        """(this step's batch of samples, active parts): a pure function of (seed, step), the same on every rank."""
+        samples = draw_samples(self.cfg.seed, step, self.train_trajectories, self.frame_ranges, self.cfg.batch)
+        rng = np.random.default_rng([self.cfg.seed, step, 0x9A27])
         if self.cfg.sample_parts and self.cfg.sample_parts < self.num_parts:
             active = sorted(rng.choice(self.num_parts, self.cfg.sample_parts, replace=False).tolist())
         else:
             active = list(range(self.num_parts))
-        return traj, t, active
+        return samples, active
 
-    def _prepare(self, patch: PatchData, traj: str, t: int, step: int):
-        y0, y1, static = patch.frames(traj, t)
+    def my_samples(self, samples: list[Sample]) -> list[Sample]:
+        """The batch slots this rank's data-parallel group trains (slot b goes to group b mod G)."""
+        return [s for s in samples if s.index % self.cfg.data_parallel == self.group]
+
+    def prepare_sample(self, patch: PatchData, sample: Sample, step: int, noise: bool = True) -> dict:
+        """The tensors one sample's loss on ``patch`` needs (frames, noise, masks); ``noise=False``: clean input."""
+        y0, y1, static = patch.frames(sample.trajectory, sample.time)
+        refs = [y1] + [patch.frames(sample.trajectory, sample.time + k)[1] for k in range(1, self.cfg.unroll)]
         tens = patch.tensors
-        fixed = self.sim.fixed_mask(tens.node_type)
-        eps = training_noise(self.cfg.seed, step, tens.global_ids, self.noise_std, fixed, self.dtype)
-        y0n = y0 + eps
-        target = (y1 - y0) - self.cfg.noise_gamma * eps      # the change the step must produce from y0n
+        fixed = self.sim.fixed_mask(tens.node_type)                       # (n, C)
+        eps = training_noise(self.cfg.seed, noise_key(step, sample.index, self.cfg.batch), tens.global_ids,
+                             self.noise_std if noise else torch.zeros_like(self.noise_std), fixed, self.dtype)
         core = tens.core_mask()
-        loss_rows = core & ~fixed
-        return dict(y0n=y0n, y1=y1, static=static, fixed=fixed, target=target, core=core, loss_rows=loss_rows)
+        loss_mask = core[:, None] & ~fixed                               # (n, C) entries the loss counts
+        return dict(y0=y0, y0n=y0 + eps, eps=eps, refs=refs, static=static, fixed=fixed,
+                    target=(y1 - y0) - self.cfg.noise_gamma * eps, core=core, loss_mask=loss_mask,
+                    free_rows=core & ~fixed.all(1))
 
     def _accumulate_normalizers(self, work) -> None:
         if all(nz.frozen for nz in self.sim.normalizers()):
@@ -143,7 +218,7 @@ class Trainer:
             core = w["core"]
             parts[0] += self.sim.node_normalizer.stats(torch.cat([w["y0n"], w["static"]], 1)[core]).cpu()
             parts[1] += self.sim.edge_normalizer.stats(tens.edge_features[core[tens.graph.receivers]]).cpu()
-            parts[2] += self.sim.target_normalizer.stats(w["target"][w["loss_rows"]]).cpu()
+            parts[2] += self.sim.target_normalizer.stats(w["target"][w["free_rows"]]).cpu()
         flat = torch.cat(parts)
         self.comm.allreduce_(flat)
         offset = 0
@@ -151,31 +226,40 @@ class Trainer:
             nz.accumulate_stats(flat[offset:offset + p.numel()])
             offset += p.numel()
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
     def patch_loss(self, patch: PatchData, w: dict, n_loss: float) -> torch.Tensor:
-        """This patch's share of the global loss: Σ over its core non-prescribed nodes / global count."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            pred = self.sim.step(w["y0n"], w["static"], patch.tensors, y_next_fixed=w["y1"],
-                                 halo_exchange=self.halo_exchange, fixed=w["fixed"])
+        """This patch's share of the global loss: Σ over its core, non-prescribed entries of every unrolled
+        step's squared normalised error / the global entry count of the step."""
         std = self.sim.target_normalizer.std().to(self.device, self.dtype)
-        err = ((pred.to(self.dtype) - w["y0n"]) - w["target"]) / std
-        return (err[w["loss_rows"]] ** 2).sum() / (n_loss * self.layout.state_size)
+        errs = unrolled_errors(self.sim, patch.tensors, w["y0"], w["refs"], w["static"], w["fixed"], w["eps"],
+                               self.cfg.noise_gamma, std, halo_exchange=self.halo_exchange,
+                               refresh=self.halo_exchange, pushforward=self.cfg.pushforward,
+                               autocast=self._autocast)
+        mask = w["loss_mask"]
+        return sum((e[mask] ** 2).sum() for e in errs) / n_loss
+
+    def loss_terms_per_sample(self) -> int:
+        return 1 if self.cfg.pushforward else self.cfg.unroll
 
     def compute_gradients(self, step: int) -> float:
-        """Zero grads, accumulate this rank's patch gradients (no all-reduce). Returns this rank's loss share."""
-        traj, t, active = self.sample(step)
-        work = [(p, self._prepare(p, traj, t, step)) for p, pids in zip(self.patches, self.patch_parts)
-                if set(pids) & set(active)]
+        """Zero grads, accumulate this rank's gradients over its samples and patches (no all-reduce). Returns
+        this rank's share of the loss."""
+        samples, active = self.sample(step)
+        work = [(p, self.prepare_sample(p, smp, step)) for smp in self.my_samples(samples)
+                for p, pids in zip(self.patches, self.patch_parts) if set(pids) & set(active)]
         self._accumulate_normalizers(work)
-        n = torch.tensor([float(sum(int(w["loss_rows"].sum()) for _, w in work))], dtype=torch.float64)
+        n = torch.tensor([float(sum(int(w["loss_mask"].sum()) for _, w in work))], dtype=torch.float64)
         self.comm.allreduce_(n)
-        n_loss = max(float(n[0]), 1.0)
+        n_loss = max(float(n[0]) * self.loss_terms_per_sample(), 1.0)
         self.optimizer.zero_grad(set_to_none=False)
         total = 0.0
         for patch, w in work:
             loss = self.patch_loss(patch, w, n_loss)
             loss.backward()
             total += float(loss.detach())
-        self._last_sample = (traj, t, len(work), n_loss)
+        self.last_sample = (samples, len(work), n_loss)
         return total
 
     def step(self) -> dict:
@@ -194,18 +278,21 @@ class Trainer:
         loss = float(summary[0])
         if not math.isfinite(loss) or summary[2] > 0:
             raise NonFiniteError(self._diagnose(step, loss))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0
+                                                         else float("inf")))
         self.optimizer.step()
         self.scheduler.step()
         self.step_index += 1
         dt = time.perf_counter() - t0
-        owned = self._last_sample[3]
+        samples = self.last_sample[0]
+        owned = self.owned_total * len(samples)
         return dict(step=step, loss=loss, lr=self.optimizer.param_groups[0]["lr"], seconds=dt,
                     nodes_per_s=owned / dt, peak_rss_mb=peak_rss_mb(), stop=bool(summary[1] > 0),
-                    peak_gpu_mb=peak_gpu_mib(self.device),
-                    trajectory=self._last_sample[0], time_index=self._last_sample[1])
+                    peak_gpu_mb=peak_gpu_mib(self.device), grad_norm=grad_norm,
+                    trajectory=samples[0].trajectory, time_index=samples[0].time)
 
     def _diagnose(self, step, loss) -> str:
-        traj, t, _, _ = self._last_sample
+        traj, t = self.last_sample[0][0].trajectory, self.last_sample[0][0].time
         bad = [n for n, p in self.sim.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         msg = [f"non-finite loss/gradients at step {step} (trajectory {traj}, time index {t}, loss {loss})"]
         lay = self.layout
@@ -223,7 +310,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return dict(step=self.step_index, simulator=self.sim.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), config=asdict(self.cfg), sim_config=self.sim.config(),
-                    rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state()))
+                    rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state()), best=dict(self.best))
 
     def load_state_dict(self, state: dict) -> None:
         self.sim.load_state_dict(state["simulator"])
@@ -232,6 +319,8 @@ class Trainer:
         self.step_index = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
+        if "best" in state:
+            self.best = dict(score=float(state["best"]["score"]), step=int(state["best"]["step"]))
 
 
 class NonFiniteError(MeshgnnError):
@@ -268,75 +357,133 @@ def peak_gpu_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def dataset_signature(ds) -> dict:
-    return dict(num_nodes=int(ds.num_nodes), state_fields=list(ds.state_fields), static_fields=list(ds.static_fields),
-                node_type_names=list(ds.node_type_names))
-
-
 def train(cfg: TrainConfig, comm=None) -> dict:
     """Run training per ``cfg``; returns a summary dict (rank 0's view)."""
-    from . import checkpoint as ckpt
+    return TrainingRun(cfg, comm or Dist()).run()
 
-    comm = comm or Dist()
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    trainer = Trainer(cfg, comm)
-    if cfg.resume:
-        if not ckpt_path.exists():
-            raise MeshgnnError(f"{ckpt_path}: --resume given but no checkpoint there")
-        state = ckpt.load(ckpt_path)
-        ckpt.check_compatible(state, trainer, ckpt_path)
-        trainer.load_state_dict(state["trainer"])
-    if comm.is_root:
-        out.mkdir(parents=True, exist_ok=True)
-    old = signal.signal(signal.SIGTERM, _request_stop)
-    log = TrainLog(out / "train_log.csv", enabled=comm.is_root, append=cfg.resume,
-                   start_step=trainer.step_index)
-    bar = None
-    if comm.is_root and cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=trainer.step_index, desc="train", unit="step", dynamic_ncols=True)
-    t_start = time.perf_counter()
-    rec = None
-    stopped = False
-    try:
-        while trainer.step_index < cfg.steps:
-            rec = trainer.step()
-            log.write(rec)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.3e}", lr=f"{rec['lr']:.1e}",
-                                nodes_s=f"{rec['nodes_per_s']:.0f}")
-            done = trainer.step_index >= cfg.steps
-            if rec["stop"] or done or trainer.step_index % cfg.checkpoint_every == 0:
-                if comm.is_root:
-                    ckpt.save(ckpt_path, trainer, comm)
-                comm.barrier()
-            if rec["stop"]:
-                stopped = True
-                break
-    finally:
-        signal.signal(signal.SIGTERM, old)
-        if bar is not None:
+
+class TrainingRun:
+    """One training job: the trainer, its run folder (checkpoint.pt, best.pt, logs, curves), validation and
+    progress. Every rank runs it; rank 0 writes the files."""
+
+    def __init__(self, cfg: TrainConfig, comm):
+        from .validation import Validation, ValidationLog
+
+        self.cfg, self.comm = cfg, comm
+        self.out = Path(cfg.out)
+        self.ckpt_path, self.best_path = self.out / "checkpoint.pt", self.out / "best.pt"
+        self.trainer = Trainer(cfg, comm)
+        if cfg.resume:
+            self._resume()
+        if comm.is_root:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.validation = Validation(self.trainer)
+        start = self.trainer.step_index
+        self.log = TrainLog(self.out / "train_log.csv", enabled=comm.is_root, append=cfg.resume, start_step=start,
+                            every=cfg.log_every)
+        self.val_log = ValidationLog(self.out / "val_log.csv", self.trainer.layout.state_fields, comm.is_root,
+                                     cfg.resume, start)
+        self.last_val: dict | None = None
+
+    def _resume(self) -> None:
+        from . import checkpoint as ckpt
+
+        if not self.ckpt_path.exists():
+            raise MeshgnnError(f"{self.ckpt_path}: --resume given but no checkpoint there")
+        state = ckpt.load(self.ckpt_path)
+        ckpt.check_compatible(state, self.trainer, self.ckpt_path)
+        self.trainer.load_state_dict(state["trainer"])
+
+    def save(self, path: Path) -> None:
+        from . import checkpoint as ckpt
+
+        if self.comm.is_root:
+            ckpt.save(path, self.trainer, self.comm)
+        self.comm.barrier()
+
+    def validate(self, bar) -> None:
+        """Validate, log, and keep ``best.pt`` when the score improved (the trainer's best-so-far survives
+        resume: it is part of the checkpoint)."""
+        if not self.validation.enabled:
+            return
+        tr = self.trainer
+        rec = self.validation.run(tr.step_index)
+        improved = rec["val_score"] < tr.best["score"]
+        if improved:
+            tr.best = dict(score=rec["val_score"], step=tr.step_index)
+            self.save(self.best_path)
+        self.val_log.write(rec, improved)
+        self.log.scalars({"val/loss": rec["val_loss"], "val/score": rec["val_score"],
+                          **{f"val/rmse_{f}": v for f, v in rec.get("rmse", {}).items()},
+                          **{f"val/persistence_{f}": v for f, v in rec.get("persistence", {}).items()}},
+                         tr.step_index)
+        self.last_val = rec
+        bar.update(0, val=rec["val_score"], best=tr.best["score"])
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.trainer.step_index % every == 0
+
+    def run(self) -> dict:
+        from .progress import Progress, estimate_line
+
+        cfg, tr, comm = self.cfg, self.trainer, self.comm
+        old = signal.signal(signal.SIGTERM, _request_stop)
+        bar = Progress(cfg.steps, "train", enabled=comm.is_root and cfg.progress,
+                       every_s=30.0 if comm.is_root else None, initial=tr.step_index)
+        t_start = time.perf_counter()
+        rec, stopped, first = None, False, tr.step_index
+        try:
+            while tr.step_index < cfg.steps:
+                rec = tr.step()
+                self.log.write(rec, last=tr.step_index >= cfg.steps or rec["stop"])
+                bar.update(1, loss=rec["loss"], lr=rec["lr"])
+                if tr.step_index == first + 2 and comm.is_root:     # the first step pays warm-up costs
+                    bar.write(f"train: {estimate_line(rec['seconds'], cfg.steps - first)}")
+                done = tr.step_index >= cfg.steps or rec["stop"]
+                if (done and not _STOP_REQUESTED) or self._due(cfg.val_every):   # SIGTERM: checkpoint at once
+                    self.validate(bar)
+                if done or self._due(cfg.checkpoint_every):
+                    self.save(self.ckpt_path)
+                if rec["stop"]:
+                    stopped = True
+                    break
+        finally:
+            signal.signal(signal.SIGTERM, old)
             bar.close()
-        log.close()
-    peaks = comm.gather_object(peak_rss_mb())
-    extra = {}
-    if trainer.device.type == "cuda":
-        extra["peak_cuda_mib"] = comm.gather_object(peak_gpu_mib(trainer.device))
-    return dict(**extra, steps=trainer.step_index, loss=rec["loss"] if rec else float("nan"), checkpoint=str(ckpt_path),
-                seconds=time.perf_counter() - t_start, stopped=stopped, peak_rss_mb=peaks,
-                bytes_allreduced=getattr(comm, "bytes_allreduced", 0))
+            self.log.close()
+            self.val_log.close()
+        return self.summary(rec, stopped, time.perf_counter() - t_start)
+
+    def summary(self, rec, stopped: bool, seconds: float) -> dict:
+        from .validation import plot_curves
+
+        tr, comm = self.trainer, self.comm
+        curves = None
+        if comm.is_root:
+            curves = plot_curves(self.out / "train_log.csv", self.out / "val_log.csv", self.out / "curves.png")
+        peaks = comm.gather_object(peak_rss_mb())
+        extra = {}
+        if tr.device.type == "cuda":
+            extra["peak_cuda_mib"] = comm.gather_object(peak_gpu_mib(tr.device))
+        if self.best_path.exists() or tr.best["step"] >= 0:
+            extra.update(best=str(self.best_path), best_step=tr.best["step"], best_score=tr.best["score"])
+        if self.last_val is not None:
+            extra["validation"] = self.last_val
+        return dict(**extra, steps=tr.step_index, loss=rec["loss"] if rec else float("nan"),
+                    checkpoint=str(self.ckpt_path), curves=str(curves) if curves else None, seconds=seconds,
+                    stopped=stopped, peak_rss_mb=peaks, bytes_allreduced=getattr(comm, "bytes_allreduced", 0))
 
 
 class TrainLog:
-    """Per-step CSV log (rank 0), plus TensorBoard when installed."""
+    """CSV log of every ``every``-th step and the last (rank 0), plus TensorBoard event files."""
 
-    FIELDS = ["step", "loss", "lr", "seconds", "nodes_per_s", "peak_rss_mb", "trajectory", "time_index",
-              "peak_gpu_mb"]
+    FIELDS = ["step", "loss", "lr", "grad_norm", "seconds", "nodes_per_s", "peak_rss_mb", "trajectory",
+              "time_index", "peak_gpu_mb"]
 
-    def __init__(self, path: Path, enabled: bool, append: bool = False, start_step: int | None = None):
+    def __init__(self, path: Path, enabled: bool, append: bool = False, start_step: int | None = None,
+                 every: int = 1):
         self.enabled = enabled
+        self.every = max(1, int(every))
         self._f = None
         self._tb = None
         if not enabled:
@@ -370,15 +517,19 @@ class TrainLog:
             w.writeheader()
             w.writerows(keep)
 
-    def write(self, rec: dict) -> None:
-        if not self.enabled:
+    def write(self, rec: dict, last: bool = False) -> None:
+        if not self.enabled or not (last or rec["step"] % self.every == 0):
             return
         self._w.writerow(rec)
         self._f.flush()
+        self.scalars({k: rec[k] for k in ("loss", "lr", "grad_norm", "nodes_per_s")}, rec["step"])
+
+    def scalars(self, values: dict, step: int) -> None:
+        """TensorBoard scalars ``{tag: value}`` at ``step`` (rank 0)."""
         if self._tb is not None:
-            self._tb.add_scalar("loss", rec["loss"], rec["step"])
-            self._tb.add_scalar("lr", rec["lr"], rec["step"])
-            self._tb.add_scalar("nodes_per_s", rec["nodes_per_s"], rec["step"])
+            for tag, v in values.items():
+                self._tb.add_scalar(tag, v, step)
+            self._tb.flush()
 
     def close(self) -> None:
         if self._f:

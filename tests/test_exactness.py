@@ -67,14 +67,14 @@ def test_patch_core_outputs_equal_whole_graph(box_dataset, tmp_path, integrator)
     patched.sim.load_state_dict(whole.sim.state_dict())
     whole.compute_gradients(0)          # accumulate normalizer statistics once
     patched.compute_gradients(0)
-    traj, t, _ = whole.sample(5)
+    smp = whole.sample(5)[0][0]
     (wp,) = whole.patches
-    w = whole._prepare(wp, traj, t, 5)
+    w = whole.prepare_sample(wp, smp, 5)
     with torch.no_grad():
-        full = whole.sim.step(w["y0n"], w["static"], wp.tensors, y_next_fixed=w["y1"], fixed=w["fixed"])
+        full = whole.sim.step(w["y0n"], w["static"], wp.tensors, y_next_fixed=w["refs"][0], fixed=w["fixed"])
         for p in patched.patches:
-            q = patched._prepare(p, traj, t, 5)
-            out = patched.sim.step(q["y0n"], q["static"], p.tensors, y_next_fixed=q["y1"], fixed=q["fixed"])
+            q = patched.prepare_sample(p, smp, 5)
+            out = patched.sim.step(q["y0n"], q["static"], p.tensors, y_next_fixed=q["refs"][0], fixed=q["fixed"])
             core = p.nodes[: p.tensors.n_core]
             ref = full[torch.from_numpy(core)]
             assert rel(out[: p.tensors.n_core], ref) <= 1e-10
@@ -107,7 +107,7 @@ def test_random_patch_sampling_is_consistent(box_dataset, tmp_path):
     tr = trainer(box_dataset, "float64", parts=store, sample_parts=2)
     seen = set()
     for step in range(6):
-        _, _, active = tr.sample(step)
+        _, active = tr.sample(step)
         assert len(active) == 2
         seen.update(active)
         loss = tr.compute_gradients(step)

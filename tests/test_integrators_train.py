@@ -23,7 +23,7 @@ from meshgnn.train import Trainer, TrainConfig, train
 from test_exactness import make_store
 
 LAYERS = 2
-SMALL = dict(layers=LAYERS, latent=16, hidden_layers=1, noise_std=[0.02], progress=False)
+SMALL = dict(layers=LAYERS, latent=16, hidden_layers=1, noise_std=[0.02], progress=False, batch=1)
 
 
 def reference_step(sim, y, static, patch, method, y_next_fixed=None):
@@ -31,7 +31,7 @@ def reference_step(sim, y, static, patch, method, y_next_fixed=None):
 
     Prescribed nodes keep ``y`` on every stage input and take ``y_next_fixed`` (if given) in the result.
     """
-    fixed = sim.fixed_mask(patch.node_type)[:, None]
+    fixed = sim.fixed_mask(patch.node_type)           # (n, C)
     edge_latent = sim.encode_edges(patch, y.dtype)
 
     def f(z):
@@ -98,16 +98,16 @@ def test_training_loss_is_the_configured_methods_loss(box_dataset, method):
     for _ in range(2):                       # move the weights off their initial values
         tr.step()
     loss = tr.compute_gradients(tr.step_index)
-    traj, t, _, n_loss = tr._last_sample
+    (smp,), _, n_loss = tr.last_sample
     patch = tr.patches[0]
-    w = tr._prepare(patch, traj, t, tr.step_index)
+    w = tr.prepare_sample(patch, smp, tr.step_index)
     std = tr.sim.target_normalizer.std().to(torch.float64)
 
     def loss_of(m):
         with torch.no_grad():
-            pred = reference_step(tr.sim, w["y0n"], w["static"], patch.tensors, m, y_next_fixed=w["y1"])
+            pred = reference_step(tr.sim, w["y0n"], w["static"], patch.tensors, m, y_next_fixed=w["refs"][0])
         err = ((pred - w["y0n"]) - w["target"]) / std
-        return float((err[w["loss_rows"]] ** 2).sum() / (n_loss * tr.layout.state_size))
+        return float((err[w["loss_mask"]] ** 2).sum() / n_loss)
 
     assert loss == pytest.approx(loss_of(method), rel=1e-10)
     other = "heun3" if method == "euler" else "euler"

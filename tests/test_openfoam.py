@@ -83,6 +83,19 @@ def test_dataset_fields_times_node_types(generated):
         assert ds.read("1", "s", STEPS).mean() > ds.read("0", "s", STEPS).mean()
 
 
+def test_boundary_conditions_come_from_the_case(generated):
+    """0/U: fixedValue inlet, noSlip walls/obstacles; 0/p: fixedValue outlet; 0/s: fixedValue inlet -> per-field
+    prescribed node types; and the data holds them (U = 0 on walls at every step)."""
+    from meshgnn.io.dataset import Dataset
+
+    out, _ = generated
+    with Dataset(out) as ds:
+        assert ds.dirichlet_fields == {"U": ["inlet", "obstacle", "wall"], "p": ["outlet"], "s": ["inlet"]}
+        names = np.asarray(ds.node_type_names)[ds.node_type]
+        u = ds.read("1", "U", STEPS)
+        assert np.abs(u[names == "wall"]).max() < 1e-9 and np.abs(u[names == "interior"]).max() > 0.1
+
+
 def test_cell_data_import_equals_solver_files(generated, tmp_path):
     """--cell-data: the node values are exactly the solver's internalField lists, every time folder."""
     from meshgnn.cli import main

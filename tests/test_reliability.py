@@ -339,10 +339,11 @@ def test_nan_in_training_data_stops_with_diagnostic_and_keeps_checkpoint(work, c
     tr = Trainer(cfg)
     first_use: dict[int, int] = {}
     for step in range(40):
-        traj, t, _ = tr.sample(step)
-        assert traj == "traj00"                 # traj01 is held out for validation
-        for frame in (t, t + 1):
-            first_use.setdefault(frame, step)
+        samples, _ = tr.sample(step)
+        for smp in samples:
+            assert smp.trajectory == "traj00"   # traj01 is held out for validation
+            for frame in (smp.time, smp.time + 1):
+                first_use.setdefault(frame, step)
     frame, step = max(first_use.items(), key=lambda kv: kv[1])
     assert step >= 1, first_use
 

@@ -40,20 +40,26 @@ def run(args) -> int:
                                               seed=args.seed))
     else:
         print(f"[1/3] using the existing dataset {data} (--regenerate to rebuild)")
+    # the default recipe (training noise, batch, clipping, warm-up + cosine decay, validation, best.pt); only
+    # the model size and the budget are the demo's own
     cfg = TrainConfig(dataset=str(data), out=str(out / "train"), steps=args.train_steps, latent=args.latent,
-                      layers=args.layers, integrator=args.integrator, seed=args.seed, noise_std=[0.02],
-                      lr=1e-3, lr_final=2e-5, checkpoint_every=250, max_minutes=args.minutes * 1.2)
+                      layers=args.layers, integrator=args.integrator, seed=args.seed, lr_final=2e-5,
+                      checkpoint_every=250, max_minutes=args.minutes * 1.2)
     cfg.steps = steps_for_budget(cfg, args.minutes, args.train_steps)
     print(f"[2/3] training a MeshGraphNet ({args.layers} layers x {args.latent}, {args.integrator}) "
           f"for {cfg.steps} steps (~{args.minutes:g} min on this machine)")
     summary = train(cfg)
-    print(f"      {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['loss']:.3e}")
-    print("[3/3] rolling out the held-out trajectory")
-    res = rollout(RolloutConfig(checkpoint=summary["checkpoint"], dataset=str(data), out=str(out / "rollout")))
+    best = summary.get("best") or summary["checkpoint"]
+    print(f"      {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['loss']:.3e}; "
+          f"best validation at step {summary.get('best_step', '-')} -> {best}")
+    print("[3/3] rolling out the held-out trajectory from the best checkpoint")
+    res = rollout(RolloutConfig(checkpoint=best, dataset=str(data), out=str(out / "rollout")))
     print_summary(res)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Outputs:\n"
-          f"  dataset        {data}\n  checkpoint     {summary['checkpoint']}\n"
-          f"  training log   {out / 'train' / 'train_log.csv'}\n"
+          f"  dataset        {data}\n  checkpoint     {best} (best validation), {summary['checkpoint']} (last)\n"
+          f"  training log   {out / 'train' / 'train_log.csv'}, {out / 'train' / 'val_log.csv'}, "
+          f"TensorBoard {out / 'train' / 'tensorboard'}\n"
+          f"  curves         {summary.get('curves')}   (training and validation)\n"
           f"  ParaView       {res['pvd']}   (paraview {res['pvd']})\n"
           f"  RMSE           {out / 'rollout' / 'rmse.csv'}, {out / 'rollout' / 'rmse.png'}\n"
           f"  picture        {res.get('png', '-')}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -49,28 +50,38 @@ def foam_missing_reason() -> str | None:
     if foam_bashrc() is None:
         return ("OpenFOAM not found (no etc/bashrc; install with `apt-get install openfoam` "
                 "or set FOAM_BASHRC)")
-    probe = foam_run(Path(tempfile.gettempdir()), "command -v icoFoam gmshToFoam decomposePar reconstructPar",
-                     check=False)
+    probe = foam_run(Path(tempfile.gettempdir()),
+                     ["sh", "-c", "command -v icoFoam gmshToFoam decomposePar reconstructPar"], check=False)
     if probe.returncode != 0:
         return "OpenFOAM environment found but icoFoam/gmshToFoam/decomposePar/reconstructPar are not on its PATH"
     return None
 
 
-def foam_run(case: Path, command: str, log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``command`` in a bash that sourced OpenFOAM's bashrc, inside ``case``.
+# Sources the bashrc given as $1 (with no positional arguments: OpenFOAM's bashrc reads them as settings), then
+# runs the remaining arguments as one command. Paths travel as arguments, never inside the script text.
+_FOAM_SCRIPT = 'rc="$1"; shift; cmd=("$@"); set --; source "$rc" >/dev/null 2>&1; exec "${cmd[@]}"'
+
+
+def foam_command(bashrc: str, argv: list[str]) -> list[str]:
+    """The ``bash`` argument list that runs ``argv`` with OpenFOAM's environment (no shell string of a path)."""
+    return ["bash", "-c", _FOAM_SCRIPT, "meshgnn-foam", str(bashrc), *[str(a) for a in argv]]
+
+
+def foam_run(case: Path, argv: list[str], log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the command ``argv`` (a list; no shell) with OpenFOAM's bashrc sourced, in folder ``case``.
 
     On failure (``check``) raises :class:`MeshgnnError` naming the command, the log and its last line.
     """
     bashrc = foam_bashrc()
     if bashrc is None:
         raise MeshgnnError(foam_missing_reason())
-    script = f"source {bashrc} >/dev/null 2>&1; set -e; cd '{case}'; {command}"
+    command = shlex.join(str(a) for a in argv)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "VIRTUAL_ENV"))}
     env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     env["OMP_NUM_THREADS"] = "1"
     # System tools first: a Python venv's own mpirun must not launch OpenFOAM's system-MPI binaries.
     env["PATH"] = "/usr/bin:/bin:" + env.get("PATH", "")
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    proc = subprocess.run(foam_command(bashrc, argv), capture_output=True, text=True, env=env, cwd=case)
     if log is not None:
         with open(log, "a") as f:
             f.write(f"$ {command}\n{proc.stdout}{proc.stderr}\n")
@@ -78,7 +89,7 @@ def foam_run(case: Path, command: str, log: Path | None = None, check: bool = Tr
         lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
         fatal = [ln for ln in lines if "FATAL" in ln or "Error" in ln or "error" in ln]
         last = (fatal or lines or ["(no output)"])[-1]
-        raise MeshgnnError(f"{case}: `{command.split()[0]}` failed (exit {proc.returncode}): {last}"
+        raise MeshgnnError(f"{case}: `{argv[0]}` failed (exit {proc.returncode}): {last}"
                            + (f" — see {log}" if log else ""))
     return proc
 
@@ -173,7 +184,7 @@ def write_case(case: Path, u_in: float, end_time: float, delta_t: float, write_e
 def run_case(case: Path, msh_path: Path, parallel: int = 1) -> None:
     """Convert the gmsh mesh, make the wall patches walls and solve (decomposed when ``parallel`` > 1)."""
     log = case / "log.meshgnn"
-    foam_run(case, f"gmshToFoam '{msh_path}'", log)
+    foam_run(case, ["gmshToFoam", str(msh_path)], log)
     set_wall_patches(case / "constant" / "polyMesh" / "boundary")
     solve(case, parallel)
 
@@ -184,12 +195,13 @@ def solve(case: Path, parallel: int = 1) -> None:
     log = case / "log.meshgnn"
     if parallel > 1:
         set_nprocs(case, parallel)
-        foam_run(case, "decomposePar -force", log)
+        foam_run(case, ["decomposePar", "-force"], log)
         mpirun = "/usr/bin/mpirun" if Path("/usr/bin/mpirun").exists() else "mpirun"
-        foam_run(case, f"{mpirun} --allow-run-as-root --oversubscribe -np {int(parallel)} icoFoam -parallel", log)
-        foam_run(case, "reconstructPar -newTimes", log)
+        foam_run(case, [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(int(parallel)), "icoFoam",
+                        "-parallel"], log)
+        foam_run(case, ["reconstructPar", "-newTimes"], log)
     else:
-        foam_run(case, "icoFoam", log)
+        foam_run(case, ["icoFoam"], log)
 
 
 def set_nprocs(case: Path, nprocs: int) -> None:
@@ -244,6 +256,9 @@ def run_openfoam_dataset(out, nodes: int = 3000, trajectories: int = 2, steps: i
     if parallel < 1:
         raise MeshgnnError(f"--parallel: expected a positive number of ranks, got {parallel}")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="meshgnn-openfoam-"))
+    if re.search(r"[\s'\";]", str(root.resolve())):   # OpenFOAM's fileName rejects these (not a shell issue)
+        raise MeshgnnError(f"{root}: OpenFOAM cannot work in a folder whose path holds spaces, quotes or ';'; "
+                           "choose another --workdir")
     root.mkdir(parents=True, exist_ok=True)
     try:
         msh = root / "channel.msh"
@@ -261,8 +276,8 @@ def run_openfoam_dataset(out, nodes: int = 3000, trajectories: int = 2, steps: i
                                 f"{out_dt:.4g} s ({write_every} solver steps each), {parallel} rank(s)")
             run_case(case, msh, parallel)
             cases.append(case)
-        options = ImportOptions(fmt="openfoam", state=list(state), units={"U": "m/s", "p": "m^2/s^2", "s": "1"},
-                                dirichlet=["inlet", "wall", "obstacle"])
+        # boundary conditions per field come from the case (0/U, 0/p, 0/s: fixedValue/noSlip -> prescribed)
+        options = ImportOptions(fmt="openfoam", state=list(state), units={"U": "m/s", "p": "m^2/s^2", "s": "1"})
         params = [{"inlet_velocity": u, "solver": "icoFoam", "parallel": parallel} for u in velocities]
         import_series([str(c) for c in cases], out, options, parameters=params,
                       trajectory_ids=[str(i) for i in range(trajectories)],

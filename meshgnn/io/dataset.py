@@ -10,7 +10,9 @@ Layout (schema version 1; see ``data/README.md``)::
     /trajectories/<id>/fields/<name>  (T, N, C) float32 for state fields, chunks (1, min(N, 65536), C)
                                       (N, C)    float32 for static fields, chunks (min(N, 65536), C)
     /trajectories/<id>  attr ``parameters``: json dict
-    /  attrs: schema_version, dt, fields (json list of FieldSpec), dirichlet_types (json), provenance (json)
+    /  attrs: schema_version, dt, fields (json list of FieldSpec), dirichlet_types (json), provenance (json),
+              dirichlet_fields (json, optional): {state field: [node type names]} -- per-field prescribed values;
+              absent: every state field is prescribed on ``dirichlet_types``
 
 Reads are lazy: :meth:`Dataset.read` touches only the chunks holding the requested step and nodes.
 """
@@ -193,6 +195,7 @@ class Dataset:
         if unknown:
             raise self._err("/@dirichlet_types", f"expected names from {self.node_type_names}, got {unknown}")
         self.dirichlet_types = list(dirichlet)
+        self.dirichlet_fields = self._dirichlet_fields()
         cells = self._need("/mesh/cells", "group")
         if not len(cells):
             raise self._err("/mesh/cells", "expected at least one cell block")
@@ -204,6 +207,24 @@ class Dataset:
             e = self._f["/mesh/edges"]
             if e.ndim != 2 or e.shape[0] != 2:
                 raise self._err("/mesh/edges", f"expected shape (2, E), got {e.shape}")
+
+    def _dirichlet_fields(self) -> dict[str, list[str]]:
+        """``{state field: node types prescribing it}`` from ``/@dirichlet_fields``, else ``dirichlet_types``."""
+        if "dirichlet_fields" not in self._f.attrs:
+            return {f: list(self.dirichlet_types) for f in self.state_fields}
+        raw = self._attr("/", "dirichlet_fields", parse_json=True)
+        where = "/@dirichlet_fields"
+        if not isinstance(raw, dict):
+            raise self._err(where, "expected a JSON object {state field: [node type names]}")
+        out = {f: [] for f in self.state_fields}
+        for name, types in raw.items():
+            if name not in self.state_fields:
+                raise self._err(where, f"{name!r} is not a state field (have {self.state_fields})")
+            if not isinstance(types, list) or any(t not in self.node_type_names for t in types):
+                raise self._err(where, f"{name}: expected a list of node types from {self.node_type_names}, "
+                                       f"got {types!r}")
+            out[name] = list(types)
+        return out
 
     def _validate_cells(self, where: str, ctype: str, block, n: int) -> None:
         if ctype not in CELL_NODES:
@@ -334,6 +355,11 @@ class Dataset:
         return np.concatenate([self.read(traj, f, None, nodes) for f in self.static_fields], axis=1)
 
     # ---------------------------------------------------------------- housekeeping
+    def stored_dtype(self, where: str) -> np.dtype | None:
+        """The on-disk dtype of the HDF5 dataset ``where`` (e.g. ``/mesh/points``); ``None`` when absent."""
+        obj = self._f.get(where)
+        return getattr(obj, "dtype", None)
+
     def node_type_counts(self) -> dict[str, int]:
         counts = np.bincount(self.node_type, minlength=len(self.node_type_names))
         return {name: int(c) for name, c in zip(self.node_type_names, counts)}
@@ -365,14 +391,17 @@ class DatasetWriter:
         node_type_names: names of the codes (default :data:`NODE_TYPES`).
         dt: time between recorded steps.
         fields: list of :class:`FieldSpec` (order fixes the state/static concatenation order).
-        dirichlet_types: node type names whose state values the data prescribes.
+        dirichlet_types: node type names whose state values the data prescribes (every state field).
+        dirichlet_fields: optional ``{state field: [node type names]}``: per-field prescribed values (overrides
+            ``dirichlet_types``; a state field left out is prescribed nowhere).
         provenance: JSON-able dict; :attr:`provenance` may be updated until the writer closes.
         compression: h5py filter for field data (``"lzf"`` default, ``None`` for none).
         edges: optional precomputed ``edges_from_cells(cells, N)`` (2, E), to skip recomputing it.
     """
 
     def __init__(self, path, points, cells, node_type, node_type_names=NODE_TYPES, dt: float = 1.0,
-                 fields=(), dirichlet_types=(), provenance=None, compression: str | None = "lzf", edges=None):
+                 fields=(), dirichlet_types=(), provenance=None, compression: str | None = "lzf", edges=None,
+                 dirichlet_fields=None):
         self.path = Path(path)
         self.points = np.asarray(points, dtype=np.float64)
         if self.points.ndim != 2 or self.points.shape[1] not in (2, 3):
@@ -401,6 +430,15 @@ class DatasetWriter:
         bad = [d for d in self.dirichlet_types if d not in self.node_type_names]
         if bad:
             raise ValueError(f"dirichlet_types: unknown node types {bad}")
+        self.dirichlet_fields = None
+        if dirichlet_fields is not None:
+            self.dirichlet_fields = {str(k): [str(t) for t in v] for k, v in dirichlet_fields.items()}
+            for name, types in self.dirichlet_fields.items():
+                if name not in self.fields or self.fields[name].role != "state":
+                    raise ValueError(f"dirichlet_fields: {name!r} is not a state field")
+                bad = [t for t in types if t not in self.node_type_names]
+                if bad:
+                    raise ValueError(f"dirichlet_fields[{name!r}]: unknown node types {bad}")
         self.provenance = dict(provenance or {})
         self.compression = compression
         self._edges = None if edges is None else np.asarray(edges, dtype=np.int64)
@@ -412,13 +450,19 @@ class DatasetWriter:
     def __enter__(self):
         import h5py
 
-        from .atomic import atomic_path
+        from .atomic import WriteGuard, atomic_path
 
         self._atomic = atomic_path(self.path, suffix=".h5.tmp")
-        tmp = self._atomic.__enter__()
         try:
-            self._f = h5py.File(tmp, "w")
+            tmp = self._atomic.__enter__()
+        except OSError as e:
+            raise MeshgnnError(f"{self.path}: cannot write the dataset ({e.strerror or e})") from None
+        try:
+            self._raw = open(tmp, "w+b", buffering=0)
+            self._guard = WriteGuard(self._raw, self.path)   # a full disk must not crash HDF5 (atomic.py)
+            self._f = h5py.File(self._guard, "w")
             self._write_mesh()
+            self._guard.raise_if_failed()
         except BaseException as e:
             self._abort(e)
             raise
@@ -431,6 +475,8 @@ class DatasetWriter:
                 self._f.attrs["provenance"] = _json_attr(self.provenance)
                 self._f.close()
                 self._f = None
+                self._raw.close()
+                self._guard.raise_if_failed()
             except BaseException as e:
                 self._abort(e)
                 raise
@@ -446,6 +492,8 @@ class DatasetWriter:
             except Exception:  # noqa: BLE001 - already failing; the temp file is deleted next
                 pass
             self._f = None
+        if getattr(self, "_raw", None) is not None:
+            self._raw.close()
         if self._atomic is not None:
             try:
                 self._atomic.__exit__(type(exc), exc, exc.__traceback__)
@@ -469,6 +517,8 @@ class DatasetWriter:
         f.attrs["dt"] = self.dt
         f.attrs["fields"] = json.dumps([asdict(s) for s in self.fields.values()])
         f.attrs["dirichlet_types"] = json.dumps(self.dirichlet_types)
+        if self.dirichlet_fields is not None:
+            f.attrs["dirichlet_fields"] = json.dumps(self.dirichlet_fields, sort_keys=True)
         f.attrs["provenance"] = _json_attr(self.provenance)
         mesh = f.create_group("mesh")
         mesh.attrs["dim"] = int(self.points.shape[1])
@@ -550,6 +600,7 @@ class DatasetWriter:
         for name, v in checked.items():
             g["fields"][name][int(step)] = v
         g["time"][int(step)] = float(time)
+        self._guard.raise_if_failed()
         done[int(step)] = True
 
 
@@ -562,7 +613,11 @@ def describe(ds: Dataset) -> str:
              + f", {ds._f['/mesh/edges'].shape[1] if 'edges' in ds._f['/mesh'] else '?'} directed edges"]
     counts = ds.node_type_counts()
     lines.append("node types     " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    lines.append(f"dirichlet      {ds.dirichlet_types or 'none'}")
+    per_field = {f: t for f, t in ds.dirichlet_fields.items()}
+    if all(t == ds.dirichlet_types for t in per_field.values()):
+        lines.append(f"dirichlet      {ds.dirichlet_types or 'none'} (all state fields)")
+    else:
+        lines.append("dirichlet      " + "; ".join(f"{f} on {', '.join(t) or 'none'}" for f, t in per_field.items()))
     lines.append(f"dt             {ds.dt:g}")
     for name, s in ds.fields.items():
         lines.append(f"field          {name:<12} {s.role:<6} {s.components} comp  [{s.units}]")

@@ -197,6 +197,43 @@ def _cell_groups(patch_faces: dict[str, np.ndarray], bfaces: np.ndarray, bcell: 
     return groups
 
 
+# Boundary condition types that fix a field's value on a patch (Dirichlet): the data's values there are imposed.
+PRESCRIBING = frozenset({"fixedValue", "uniformFixedValue", "timeVaryingUniformFixedValue", "noSlip",
+                         "movingWallVelocity", "flowRateInletVelocity", "surfaceNormalFixedValue", "codedFixedValue",
+                         "totalPressure", "fixedMean"})
+
+
+def boundary_conditions(field_file: Path) -> dict[str, str]:
+    """``{patch: condition type}`` of an OpenFOAM field file's ``boundaryField`` (``#include``s and regex patch
+    names are left out). A regex over the dictionary, not a full OpenFOAM parser: only the ``type`` of each
+    top-level patch entry is needed."""
+    import re
+
+    text = re.sub(r"/\*.*?\*/|//[^\n]*", "", Path(field_file).read_text(errors="replace"), flags=re.S)
+    start = text.find("boundaryField")
+    if start < 0:
+        return {}
+    body, depth, i = [], 0, text.index("{", start)
+    for ch in text[i:]:
+        depth += ch == "{"
+        depth -= ch == "}"
+        body.append(ch)
+        if depth == 0:
+            break
+    out = {}
+    for name, entry in re.findall(r'([A-Za-z_][\w.:-]*|"[^"]*")\s*\{((?:[^{}]|\{[^{}]*\})*)\}', "".join(body)[1:-1]):
+        m = re.search(r"\btype\s+([\w:]+)\s*;", entry)
+        if m:
+            out[name.strip('"')] = m.group(1)
+    return out
+
+
+def case_conditions(case: Path, time_name: str, fields) -> dict[str, dict[str, str]]:
+    """``{field: {patch: type}}`` for the fields with a file in the case's first time folder."""
+    folder = case / time_name
+    return {f: boundary_conditions(folder / f) for f in fields if (folder / f).is_file()}
+
+
 def read_openfoam(source: str, cell_data: bool = False) -> Series:
     """An OpenFOAM case as a :class:`Series` (every time folder a step, read lazily)."""
     case = case_dir(source)
@@ -245,7 +282,34 @@ def read_openfoam(source: str, cell_data: bool = False) -> Series:
         return load
 
     frames = [Frame(t, str(case / _time_name(case, t)), loader(k, t)) for k, t in enumerate(times)]
-    return Series(str(source), "openfoam", points, cells, frames, node_groups=groups, notes=notes)
+    return Series(str(source), "openfoam", points, cells, frames, node_groups=groups, notes=notes,
+                  units=foam_units(case / _time_name(case, times[-1])))
+
+
+_SI = ("kg", "m", "s", "K", "mol", "A", "cd")   # the order of OpenFOAM's ``dimensions [...]`` exponents
+
+
+def foam_units(folder: Path) -> dict[str, str]:
+    """``{field: unit}`` from the ``dimensions [kg m s K mol A cd]`` entry of each field file in a time folder,
+    e.g. ``U`` with ``[0 1 -1 0 0 0 0]`` -> ``"m s^-1"``, a dimensionless field -> ``"1"``."""
+    import re
+
+    out = {}
+    pattern = re.compile(rb"\bdimensions\s*\[([^\]]*)\]")
+    for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not f.is_file():
+            continue
+        try:
+            with open(f, "rb") as fh:
+                m = pattern.search(fh.read(8192))
+            exps = [float(x) for x in m.group(1).split()] if m else []
+        except (OSError, ValueError):
+            continue
+        if len(exps) < 5:
+            continue
+        parts = [u if e == 1 else f"{u}^{e:g}" for u, e in zip(_SI, exps) if e != 0]
+        out[f.name] = " ".join(parts) or "1"
+    return out
 
 
 def _time_name(case: Path, t: float) -> str:

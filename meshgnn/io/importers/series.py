@@ -57,6 +57,7 @@ class Series:
     region_names: dict[str, dict[int, str]] = field(default_factory=dict)
     node_groups: dict[str, np.ndarray] = field(default_factory=dict)
     point_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    patch_conditions: dict[str, dict[str, str]] = field(default_factory=dict)   # {field: {patch: bc type}}
     units: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     _first: dict | None = None
@@ -268,22 +269,54 @@ def import_series(sources, out, options: ImportOptions, parameters=None, traject
     unknown = [d for d in dirichlet if d not in type_names]
     if unknown:
         raise InputError("--dirichlet", unknown[0], f"not a node type (known: {', '.join(type_names)})")
+    per_field = None
+    if options.dirichlet is None and ref.patch_conditions:
+        per_field = dirichlet_from_conditions(ref.patch_conditions, chosen, state)
+        if per_field is not None:
+            dirichlet = [t for t in type_names if all(t in v for v in per_field.values())]
+            report("boundary conditions from the case: " + "; ".join(
+                f"{f} prescribed on {', '.join(v) or 'no node type'}" for f, v in per_field.items())
+                + " (--dirichlet overrides)")
     points = ref.points if keep is None else ref.points[keep]
     prov = {"importer": "meshgnn import", "format": ref.fmt, "sources": sources,
             "node_types_from": (f"field {options.node_types.field}" if options.node_types.field
                                 else ("patches/groups" if chosen else "none (all interior)")),
             **(provenance or {})}
     total = sum(len(s.frames) for s in series)
-    bar = _progress_bar(total, progress)
+    from ...progress import Progress
+
+    bar = Progress(total, "import", enabled=progress, every_s=30 if progress else None, stream=sys.stderr)
     try:
         with DatasetWriter(out, points, cells, (node_type if keep is None else node_type[keep]), type_names, dt,
-                           fields=specs, dirichlet_types=list(dirichlet), provenance=prov) as w:
+                           fields=specs, dirichlet_types=list(dirichlet), provenance=prov,
+                           dirichlet_fields=per_field) as w:
             for s, tid, par, (times, _) in zip(series, ids, params, timings):
                 _write_trajectory(w, s, tid, par, times, specs, keep)
                 bar.update(len(s.frames))
     finally:
         bar.close()
     report(f"wrote {out}: {len(series)} trajectories, {total} steps, {len(points)} nodes")
+    return out
+
+
+def dirichlet_from_conditions(conditions: dict, chosen: dict, state: list[str]) -> dict[str, list[str]] | None:
+    """Per state field, the node types whose every patch fixes its value (:data:`openfoam.PRESCRIBING`).
+
+    ``conditions``: {field: {patch: bc type}}; ``chosen``: {patch: node type or None}. ``None`` when no state
+    field has boundary conditions on record (then the ``--dirichlet`` default applies).
+    """
+    from .openfoam import PRESCRIBING
+
+    if not any(f in conditions for f in state):
+        return None
+    out = {}
+    for f in state:
+        bcs = conditions.get(f, {})
+        by_type: dict[str, list[bool]] = {}
+        for patch, ntype in chosen.items():
+            if ntype is not None and ntype != "interior":
+                by_type.setdefault(ntype, []).append(bcs.get(patch) in PRESCRIBING)
+        out[f] = sorted(t for t, flags in by_type.items() if flags and all(flags))
     return out
 
 
@@ -345,18 +378,3 @@ def _write_trajectory(w, s: Series, tid, params, times, specs, keep) -> None:
 
 def _take(v: np.ndarray, keep) -> np.ndarray:
     return v if keep is None else v[keep]
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, desc="import", unit="step", file=sys.stderr)

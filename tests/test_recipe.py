@@ -1,0 +1,133 @@
+"""The training recipe: batches, multi-step (unrolled / pushforward) losses exact under patches, with negative
+controls; the learning-rate schedules; impulsive-start detection; validation, best.pt and resume."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from meshgnn.recipe import draw_samples, impulsive_frames, lr_lambda
+from meshgnn.train import TrainConfig, Trainer, train
+from test_exactness import grads, make_store, rel, trainer
+from test_train import SMALL, params
+
+
+@pytest.mark.parametrize("unroll,pushforward,integrator", [(2, False, "euler"), (2, True, "heun"),
+                                                           (3, False, "euler")])
+def test_unrolled_batch_loss_under_patches_equals_whole_graph(box_dataset, tmp_path, unroll, pushforward,
+                                                              integrator):
+    kw = dict(batch=2, unroll=unroll, pushforward=pushforward, train_start=0)
+    whole = trainer(box_dataset, "float64", integrator, **kw)
+    need = whole.hops_needed
+    assert need == 2 * whole.sim.stages * unroll
+    patched = trainer(box_dataset, "float64", integrator, parts=make_store(box_dataset, tmp_path, halo=need), **kw)
+    patched.sim.load_state_dict(whole.sim.state_dict())
+    for step in (0, 1):
+        lw, gw = grads(whole, step)
+        lp, gp = grads(patched, step)
+        assert abs(lp - lw) <= 1e-10 * abs(lw)
+        assert rel(gp, gw) <= 1e-10
+
+
+def test_unroll_needs_a_deeper_halo(box_dataset, tmp_path):
+    """Negative control: a halo deep enough for one step (L x s) but not for K steps is refused, and when
+    forced gives a different gradient."""
+    store = make_store(box_dataset, tmp_path, halo=2)          # 2 layers x 1 euler stage
+    with pytest.raises(Exception, match="too shallow"):
+        trainer(box_dataset, "float64", "euler", parts=store, unroll=2, train_start=0)
+    whole = trainer(box_dataset, "float64", "euler", unroll=2, train_start=0)
+    shallow = trainer(box_dataset, "float64", "euler", parts=store, unroll=2, train_start=0, allow_inexact=True)
+    shallow.sim.load_state_dict(whole.sim.state_dict())
+    assert rel(grads(shallow)[1], grads(whole)[1]) > 1e-6
+
+
+def test_per_layer_unroll_equals_whole_graph(box_dataset, tmp_path):
+    """Per-layer halo mode refreshes the state's halo rows between unrolled steps: 1-hop parts stay exact."""
+    kw = dict(unroll=2, train_start=0, halo_mode="per-layer")
+    whole = trainer(box_dataset, "float64", "heun", unroll=2, train_start=0)
+    patched = trainer(box_dataset, "float64", "heun", parts=make_store(box_dataset, tmp_path, halo=1), **kw)
+    patched.sim.load_state_dict(whole.sim.state_dict())
+    assert rel(grads(patched)[1], grads(whole)[1]) <= 1e-10
+
+
+def test_batch_gradient_is_the_mean_of_its_samples(box_dataset):
+    """Batch 2 = the two samples' single-sample gradients averaged (equal entry counts), noise keyed per slot."""
+    tr = trainer(box_dataset, "float64", "euler", batch=2, train_start=0)
+    _, g2 = grads(tr, 4)                     # (normalizer statistics accumulate before the loss, once)
+    samples, _ = tr.sample(4)
+    assert len(samples) == 2
+    single = []
+    for smp in samples:
+        tr.optimizer.zero_grad(set_to_none=False)
+        w = tr.prepare_sample(tr.patches[0], smp, 4)
+        tr.patch_loss(tr.patches[0], w, float(w["loss_mask"].sum())).backward()
+        single.append(torch.cat([p.grad.reshape(-1).clone() for p in tr.sim.model.parameters()]))
+    assert rel(g2, (single[0] + single[1]) / 2) <= 1e-12
+    assert rel(single[0], single[1]) > 1e-3             # the two samples really differ
+
+
+def test_draw_samples_is_deterministic_and_respects_ranges():
+    a = draw_samples(3, 7, ["x", "y"], {"x": (2, 5), "y": (0, 3)}, batch=16)
+    assert a == draw_samples(3, 7, ["x", "y"], {"x": (2, 5), "y": (0, 3)}, batch=16)
+    assert a != draw_samples(3, 8, ["x", "y"], {"x": (2, 5), "y": (0, 3)}, batch=16)
+    assert all(2 <= s.time < 5 if s.trajectory == "x" else 0 <= s.time < 3 for s in a)
+    assert [s.index for s in a] == list(range(16))
+
+
+def test_lr_schedules():
+    f = lr_lambda("cosine", steps=100, warmup=10, decay_to=0.01)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(100) == pytest.approx(0.01) and f(55) == pytest.approx(0.505)
+    g = lr_lambda("exp", steps=100, warmup=0, decay_to=0.01)
+    assert g(0) == 1.0 and g(50) == pytest.approx(0.1) and g(100) == pytest.approx(0.01)
+    assert lr_lambda("constant", 100, 0, 0.01)(77) == 1.0
+
+
+def test_impulsive_start_detection():
+    assert impulsive_frames([50.0, 1.0, 1.1, 0.9, 1.0]) == 1
+    assert impulsive_frames([50.0, 40.0, 1.0, 1.1, 0.9, 1.0]) == 2
+    assert impulsive_frames([2.0, 1.5, 1.2, 1.0, 0.9]) == 0          # a decaying transient is learnable: kept
+    assert impulsive_frames([1.0, 1.0]) == 0
+
+
+def _val_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_best_checkpoint_is_the_argmin_and_survives_resume(box_dataset, tmp_path):
+    cfg = dict(dataset=str(box_dataset), steps=8, dtype="float64", val_every=1, val_rollout=3, lr=2e-2,
+               warmup_steps=0, lr_schedule="constant", checkpoint_every=1, **SMALL)
+    full = train(TrainConfig(out=str(tmp_path / "a"), **cfg))
+    rows = _val_rows(tmp_path / "a" / "val_log.csv")
+    scores = [float(r["val_score"]) for r in rows]
+    assert len(rows) == 8 and all(math.isfinite(s) for s in scores)
+    best = int(np.argmin(scores))
+    assert full["best_step"] == int(rows[best]["step"]) and full["best_score"] == pytest.approx(scores[best])
+    assert [r["best"] for r in rows].count("1") >= 1 and rows[best]["best"] == "1"
+    from meshgnn.checkpoint import load
+    assert load(tmp_path / "a" / "best.pt")["trainer"]["step"] == full["best_step"]
+    if full["best_step"] != 8:
+        assert not torch.equal(params(tmp_path / "a" / "best.pt"), params(tmp_path / "a" / "checkpoint.pt"))
+    # stop early, resume: the same best step and score, and the same best.pt parameters
+    first = train(TrainConfig(out=str(tmp_path / "b"), stop_at=4, **cfg))
+    assert first["stopped"]
+    second = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **cfg))
+    assert second["best_step"] == full["best_step"] and second["best_score"] == pytest.approx(full["best_score"],
+                                                                                              rel=1e-9)
+    torch.testing.assert_close(params(tmp_path / "b" / "best.pt"), params(tmp_path / "a" / "best.pt"), rtol=1e-9,
+                               atol=1e-12)
+    assert [r["step"] for r in _val_rows(tmp_path / "b" / "val_log.csv")] == [r["step"] for r in rows]
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 10_000
+
+
+def test_validation_reports_persistence_and_start_frame(box_dataset, tmp_path):
+    out = train(TrainConfig(dataset=str(box_dataset), out=str(tmp_path / "v"), steps=2, val_rollout=2,
+                            val_start=1, **SMALL))
+    v = out["validation"]
+    assert v["val_start"] == 1 and v["val_steps"] == 2 and v["val_trajectory"] == "traj01"
+    assert set(v["rmse"]) == set(v["persistence"]) == {"co2", "loading"}
+    assert all(x > 0 for x in v["persistence"].values())
