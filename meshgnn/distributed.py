@@ -437,8 +437,8 @@ def _mpi_world(launch: Launch):
     try:
         from mpi4py import MPI
     except ImportError:
-        raise MeshgnnError("started by an MPI launcher but mpi4py is not installed (pip install mpi4py, or launch "
-                           "with torchrun)") from None
+        raise MeshgnnError("started by an MPI launcher but mpi4py is not installed (pip install 'meshgnn[mpi]', "
+                           "or mpi4py built for the site MPI as in jobs/README.md, or launch with torchrun)") from None
     comm = MPI.COMM_WORLD
     if launch.size > 1 and comm.size != launch.size:
         raise MeshgnnError(f"the launcher started {launch.size} processes but MPI (mpi4py) sees {comm.size}: "

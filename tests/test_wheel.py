@@ -146,3 +146,16 @@ def test_wheel_installs_and_runs_in_a_clean_venv(wheel, tmp_path):
        "--progress", "false")
     assert (run / "out" / "checkpoint.pt").is_file()
     assert list((run / "out" / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_missing_mpi4py_is_one_line_naming_the_extra(tmp_path):
+    """Under an MPI launcher without mpi4py (here: an mpi4py that cannot import), the CLI says what to install."""
+    fake = tmp_path / "shadow" / "mpi4py"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('mpi4py stands in for a missing one')\n")
+    env = dict(os.environ, PYTHONPATH=str(fake.parent), MESHGNN_USE_MPI="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(Path(sys.executable).parent / "meshgnn"), "train", "missing.h5", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "mpi4py" in lines[0] and "meshgnn[mpi]" in lines[0]
