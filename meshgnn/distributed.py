@@ -296,6 +296,16 @@ class Dist:
             self.bytes_allreduced += tensor.numel() * tensor.element_size()
         return tensor
 
+    def allreduce_max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise maximum of ``tensor`` over all ranks, in place; returns it. A no-op for size 1."""
+        if self.distributed:
+            import torch.distributed as td
+            buf = tensor.to(self.device) if self.backend == "nccl" else tensor
+            td.all_reduce(buf, op=td.ReduceOp.MAX, group=self.group)
+            if buf is not tensor:
+                tensor.copy_(buf)
+        return tensor
+
     def allreduce_grads(self, params) -> None:
         """Sum the gradients of ``params`` over ranks with ONE all-reduce of a flat bucket.
 

@@ -171,10 +171,11 @@ class LocalDomain:
 
     def __init__(self, ds, parts, comm, halo_mode: str = "lhop", hops: int = 1, device="cpu",
                  dtype=torch.float32, cache_bytes: int = 256 * 2**20, allow_inexact: bool = False,
-                 what: str = "training"):
+                 what: str = "training", hops_reason: str = "layers x stages"):
         if halo_mode not in HALO_MODES:
             raise MeshgnnError(f"--halo-mode: expected one of {', '.join(HALO_MODES)}, got {halo_mode!r}")
         self.ds, self.comm, self.halo_mode = ds, comm, halo_mode
+        self.hops_reason = hops_reason   # how ``hops`` came about, for the too-shallow message
         self.device, self.dtype = torch.device(device), dtype
         self.sf = None
         self.owner = None
@@ -202,7 +203,7 @@ class LocalDomain:
         per_layer = self.halo_mode == "per-layer"
         need = 1 if per_layer else int(hops)
         if store.halo < need and not allow_inexact:
-            why = "per-layer mode needs 1" if per_layer else f"one time step reaches {need} hops (layers x stages)"
+            why = "per-layer mode needs 1" if per_layer else f"it reaches {need} hops ({self.hops_reason})"
             raise MeshgnnError(
                 f"{store.path}: halo depth {store.halo} is too shallow for exact {what} ({why}); re-partition "
                 f"with --halo {need}" + (", use --halo-mode per-layer" if not per_layer else "")

@@ -146,6 +146,10 @@ class Simulator(nn.Module):
         self.node_normalizer = Normalizer(layout.state_size + layout.static_size, freeze_after)
         self.edge_normalizer = Normalizer(self.edge_size, freeze_after)
         self.target_normalizer = Normalizer(layout.state_size, freeze_after)
+        # the state's range over the training frames seen (per component), for range checks and --clamp
+        self.register_buffer("state_lo", torch.full((layout.state_size,), float("inf"), dtype=torch.float64))
+        self.register_buffer("state_hi", torch.full((layout.state_size,), -float("inf"), dtype=torch.float64))
+        self.clamp = False        # a run-time choice (rollout --clamp), not part of the model
 
     def compile_model(self) -> None:
         """Run the model's forward and edge encoder through ``torch.compile`` (inductor). The custom aggregation
@@ -173,6 +177,18 @@ class Simulator(nn.Module):
     def receptive_hops(self) -> int:
         """Hops one time step reaches (the exact halo depth): :func:`meshgnn.integrators.receptive_field_hops`."""
         return integrators.receptive_field_hops(self.model.num_layers, self.method)
+
+    def widen_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Grow the recorded state range ``[state_lo, state_hi]`` (C,) to include ``[lo, hi]``."""
+        self.state_lo.copy_(torch.minimum(self.state_lo, lo.to(self.state_lo)))
+        self.state_hi.copy_(torch.maximum(self.state_hi, hi.to(self.state_hi)))
+
+    def clamp_to_range(self, y: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """``y`` (n, C) with its free components clamped to the recorded training range (where one exists)."""
+        known = torch.isfinite(self.state_lo) & torch.isfinite(self.state_hi)
+        lo = torch.where(known, self.state_lo, -torch.inf).to(y.dtype)
+        hi = torch.where(known, self.state_hi, torch.inf).to(y.dtype)
+        return torch.where(fixed, y, torch.minimum(torch.maximum(y, lo), hi))
 
     def normalizers(self) -> list[Normalizer]:
         return [self.node_normalizer, self.edge_normalizer, self.target_normalizer]
@@ -221,6 +237,8 @@ class Simulator(nn.Module):
 
         y_next = integrators.rk_step(rate, y, self.method, dt=1.0, constrain=constrain,
                                      checkpoint_stages=self.checkpoint_stages and torch.is_grad_enabled())
+        if self.clamp:
+            y_next = self.clamp_to_range(y_next, fixed.expand_as(y_next))
         if y_next_fixed is not None:
             y_next = torch.where(fixed, y_next_fixed, y_next)
         return y_next

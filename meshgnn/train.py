@@ -90,8 +90,10 @@ class Trainer:
         if cfg.halo_mode == "per-layer" and cfg.sample_parts and cfg.parts:
             raise MeshgnnError("--sample-parts works with --halo-mode lhop only (per-layer mode runs every "
                                "part in lock step)")
-        self.domain = d = LocalDomain(self.ds, cfg.parts, self.group_comm, cfg.halo_mode, self.hops_needed, self.device,
-                                      self.dtype, cfg.max_cache_mb * 2**20, allow_inexact=cfg.allow_inexact)
+        reason = f"{cfg.layers} layers x {self.sim.stages} stages x {cfg.unroll} unrolled step(s)"
+        self.domain = d = LocalDomain(self.ds, cfg.parts, self.group_comm, cfg.halo_mode, self.hops_needed,
+                                      self.device, self.dtype, cfg.max_cache_mb * 2**20,
+                                      allow_inexact=cfg.allow_inexact, hops_reason=reason)
         self.num_parts, self.parts_of_rank, self.patch_parts = d.num_parts, d.parts_of_rank, d.patch_parts
         self.patches, self.store, self.sf = d.patches, d.store, d.sf
         self.halo_exchange = d.layer_exchange      # per-layer: in place, differentiable (no copy per layer)
@@ -225,6 +227,19 @@ class Trainer:
         for nz, p in zip(self.sim.normalizers(), parts):
             nz.accumulate_stats(flat[offset:offset + p.numel()])
             offset += p.numel()
+        self._widen_range(work)
+
+    def _widen_range(self, work) -> None:
+        """Record the clean state's range over the frames trained on (owned rows; max-reduced over ranks)."""
+        C = self.layout.state_size
+        ext = torch.full((2 * C,), -float("inf"), dtype=torch.float64)
+        for _, w in work:
+            for y in (w["y0"], w["refs"][0]):
+                rows = y[w["core"]].double().cpu()
+                if rows.numel():
+                    ext = torch.maximum(ext, torch.cat([-rows.min(0).values, rows.max(0).values]))
+        self.comm.allreduce_max_(ext)
+        self.sim.widen_range(-ext[:C], ext[C:])
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)

@@ -131,3 +131,21 @@ def test_validation_reports_persistence_and_start_frame(box_dataset, tmp_path):
     assert v["val_start"] == 1 and v["val_steps"] == 2 and v["val_trajectory"] == "traj01"
     assert set(v["rmse"]) == set(v["persistence"]) == {"co2", "loading"}
     assert all(x > 0 for x in v["persistence"].values())
+
+
+def test_training_records_the_state_range_and_clamp_holds_it(box_dataset):
+    from meshgnn.io.dataset import Dataset
+
+    tr = trainer(box_dataset, "float64", "euler", train_start=0)
+    tr.step()
+    lo, hi = tr.sim.state_lo.clone(), tr.sim.state_hi.clone()
+    with Dataset(box_dataset) as ds:
+        y = np.concatenate([ds.read_state(s.trajectory, t) for s in tr.last_sample[0]
+                            for t in (s.time, s.time + 1)])
+    np.testing.assert_allclose(lo.numpy(), y.min(0), rtol=1e-6)
+    np.testing.assert_allclose(hi.numpy(), y.max(0), rtol=1e-6)
+    patch = tr.patches[0]
+    fixed = tr.sim.fixed_mask(patch.tensors.node_type)
+    wild = torch.full((patch.num_nodes, 2), 1e3, dtype=torch.float64)
+    held = tr.sim.clamp_to_range(wild, fixed)
+    assert torch.all(held[~fixed] <= hi.max()) and torch.equal(held[fixed], wild[fixed])   # prescribed untouched
