@@ -87,6 +87,11 @@ def test_one_frame_with_target_is_a_trainable_two_step_dataset(box_dataset, tmp_
             assert np.array_equal(one.read_state(tid, 0), ds.read_state(tid, 1))
             assert np.array_equal(one.read_state(tid, 1), ds.read_state(tid, 2))
             assert np.array_equal(one.times(tid), ds.times(tid)[1:3])
+        # a Batch is taken apart into its frames (cells lose the batch's node offsets again)
+        batch = Batch.from_data_list([pyg.to_data(ds, tid, k, target=False) for k in (0, 1, 2)])
+        with Dataset(pyg.write_dataset(tmp_path / "batch.h5", batch)) as b:
+            assert b.num_steps(tid) == 3 and np.array_equal(b.cells["tetra"], ds.cells["tetra"])
+            assert np.array_equal(b.read_state(tid, 2), ds.read_state(tid, 2))
 
 
 def test_plain_pyg_graph_becomes_a_line_mesh_dataset(tmp_path):
@@ -151,3 +156,38 @@ def test_predict_checks_the_layout(box_dataset):
         d.state_fields = ["co2"]
         with pytest.raises(Exception, match=r"Data.state_fields: the simulator predicts \['co2', 'loading'\]"):
             pyg.predict(sim, d)
+
+
+def _write_triangle_dataset(path):
+    """A 2-D unit square of triangles, (N, 2) points, one state field with an inflow edge."""
+    from meshgnn.io.dataset import NODE_TYPES, DatasetWriter, FieldSpec
+    from meshgnn.meshes import rect_triangles
+
+    pts, tris = rect_triangles(9)
+    nt = np.where(pts[:, 0] == 0, NODE_TYPES.index("inlet"), NODE_TYPES.index("interior"))
+    with DatasetWriter(path, pts, {"triangle": tris}, nt, dt=0.1, fields=[FieldSpec("u", "state", 2)],
+                       dirichlet_types=["inlet"]) as w:
+        w.add_trajectory("a", 4)
+        for k in range(4):
+            w.write_step("a", k, 0.1 * k, {"u": np.stack([np.sin(3 * pts[:, 0] - k), pts[:, 1] * k], 1)})
+    return path
+
+
+def test_2d_triangles_round_trip_and_model(tmp_path):
+    from meshgnn.domain import PatchData
+    from meshgnn.simulator import FieldLayout, Simulator
+
+    with Dataset(_write_triangle_dataset(tmp_path / "tri.h5")) as ds:
+        d = pyg.to_data(ds, "a", 1)
+        assert d.pos.shape == (ds.num_nodes, 2) and d.edge_attr.shape == (d.edge_index.shape[1], 3)
+        assert torch.equal(d.face.T, torch.from_numpy(ds.cells["triangle"]))      # PyG's own triangle attribute
+        with Dataset(pyg.write_dataset(tmp_path / "back.h5", d)) as back:
+            assert np.array_equal(back.points, ds.points) and np.array_equal(back.cells["triangle"],
+                                                                            ds.cells["triangle"])
+            assert np.array_equal(back.read_state("a", 1), ds.read_state("a", 2))
+        torch.manual_seed(0)
+        sim = Simulator(FieldLayout.from_dataset(ds), latent=8, layers=2).eval()
+        patch = PatchData.whole(ds, "cpu", 2**26, torch.float32)
+        y0, y1, static = patch.frames("a", 1)
+        with torch.no_grad():
+            assert torch.equal(pyg.predict(sim, d), sim.step(y0, static, patch.tensors, y_next_fixed=y1))

@@ -203,11 +203,12 @@ def write_dataset(path, frames, provenance: dict | None = None) -> Path:
     it, so one ``Data`` from :func:`to_data` becomes a two-step, trainable dataset.
 
     Args:
-        path: output ``.h5`` (written atomically); frames: a ``Data`` or a sequence of them.
+        path: output ``.h5`` (written atomically); frames: a ``Data``, a ``Batch`` or a sequence of them.
     Returns:
         ``Path(path)``.
     """
     frames = [frames] if hasattr(frames, "edge_index") else list(frames)
+    frames = [g for d in frames for g in (d.to_data_list() if hasattr(d, "to_data_list") else [d])]  # Batches
     if not frames:
         raise MeshgnnError(f"{path}: no frames to write")
     args = dataset_arguments(frames[0])
