@@ -197,10 +197,13 @@ class Trainer:
         """The batch slots this rank's data-parallel group trains (slot b goes to group b mod G)."""
         return [s for s in samples if s.index % self.cfg.data_parallel == self.group]
 
-    def prepare_sample(self, patch: PatchData, sample: Sample, step: int, noise: bool = True) -> dict:
-        """The tensors one sample's loss on ``patch`` needs (frames, noise, masks); ``noise=False``: clean input."""
+    def prepare_sample(self, patch: PatchData, sample: Sample, step: int, noise: bool = True,
+                       unroll: Optional[int] = None) -> dict:
+        """The tensors one sample's loss on ``patch`` needs (frames, noise, masks); ``noise=False``: clean input;
+        ``unroll``: reference frames to read (default ``--unroll``)."""
         y0, y1, static = patch.frames(sample.trajectory, sample.time)
-        refs = [y1] + [patch.frames(sample.trajectory, sample.time + k)[1] for k in range(1, self.cfg.unroll)]
+        refs = [y1] + [patch.frames(sample.trajectory, sample.time + k)[1]
+                       for k in range(1, self.cfg.unroll if unroll is None else unroll)]
         tens = patch.tensors
         fixed = self.sim.fixed_mask(tens.node_type)                       # (n, C)
         eps = training_noise(self.cfg.seed, noise_key(step, sample.index, self.cfg.batch), tens.global_ids,

@@ -64,8 +64,8 @@ class Validation:
         total = torch.zeros(2, dtype=torch.float64)
         for smp in self.samples:
             for patch in tr.patches:
-                w = tr.prepare_sample(patch, smp, 0, noise=False)
-                (err,) = unrolled_errors(tr.sim, patch.tensors, w["y0"], w["refs"][:1], w["static"], w["fixed"],
+                w = tr.prepare_sample(patch, smp, 0, noise=False, unroll=1)
+                (err,) = unrolled_errors(tr.sim, patch.tensors, w["y0"], w["refs"], w["static"], w["fixed"],
                                          w["eps"], tr.cfg.noise_gamma, std, halo_exchange=tr.halo_exchange)
                 m = w["loss_mask"]
                 total += torch.tensor([float((err[m].double() ** 2).sum()), float(m.sum())], dtype=torch.float64)

@@ -149,3 +149,10 @@ def test_training_records_the_state_range_and_clamp_holds_it(box_dataset):
     wild = torch.full((patch.num_nodes, 2), 1e3, dtype=torch.float64)
     held = tr.sim.clamp_to_range(wild, fixed)
     assert torch.all(held[~fixed] <= hi.max()) and torch.equal(held[fixed], wild[fixed])   # prescribed untouched
+
+
+def test_validation_with_unroll_reads_no_frame_past_the_end(box_dataset, tmp_path):
+    """The one-step validation loss uses one reference frame whatever --unroll is (frames up to T - 2)."""
+    out = train(TrainConfig(dataset=str(box_dataset), out=str(tmp_path / "u"), steps=2, unroll=3, train_start=0,
+                            val_samples=8, val_rollout=2, **SMALL))
+    assert math.isfinite(out["validation"]["val_loss"])
