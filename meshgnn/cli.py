@@ -24,14 +24,41 @@ COMMANDS = {
 }
 
 
+THREADS_HELP = ("CPU threads per process (default: the cores this process may use / ranks on this node, less "
+                "cores busy with other work; an exported OMP_NUM_THREADS is kept)")
+
+
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _prepare(args, argv) -> None:
+    """Before the sub-command runs (and torch loads): threads (meshgnn/threads.py; ``--debug`` shows the
+    choice) and the provenance of this invocation (meshgnn/provenance.py; train/rollout write ``<out>/run.json``
+    once they hold the folder)."""
+    from .provenance import record
+    from .threads import configure_threads
+
+    choice = configure_threads(args.threads)
+    if args.debug:
+        print(f"meshgnn {args.command}: {choice.describe()}", file=sys.stderr)
+    record(argv, args, extra={"threads": choice.threads})
+    # train/rollout write <out>/run.json themselves, once they own the folder (meshgnn/io/runfolder.py): a
+    # refused run must not touch another run's folder
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshgnn", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors (and the thread choice)")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N", help=THREADS_HELP)
     p.add_argument("--version", action="version", version=f"meshgnn {__import__('meshgnn').__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+        sp.add_argument("--threads", type=_threads, default=argparse.SUPPRESS, metavar="N", help=THREADS_HELP)
         module = importlib.import_module(f"meshgnn.commands.{mod}")
         module.add_arguments(sp)
         sp.set_defaults(_module=module)
@@ -47,6 +74,7 @@ def main(argv=None) -> int:
     from .memory import enable_huge_pages
     enable_huge_pages()   # before any sub-command imports torch: big tensors on transparent huge pages
     try:
+        _prepare(args, sys.argv[1:] if argv is None else [str(a) for a in argv])
         rc = args._module.run(args)
         return int(rc or 0)
     except user_errors() as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +28,7 @@ from .io.atomic import atomic_path
 AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 VIEW_UP = {"x": (0, 0, 1), "y": (0, 0, 1), "z": (0, 1, 0)}
 ERROR_SUFFIXES = ("_err", "_error")
+DRAW_REGION = (0.03, 0.76, 0.1, 0.88)     # (left, right, bottom, top) panel fractions the domain is fitted into
 
 
 def _pyvista():
@@ -214,8 +216,9 @@ def panels_for(mesh, field: str, compare: bool, component=None) -> list[tuple[st
         err = raw[:, component] if component is not None else np.linalg.norm(raw, axis=1)
     else:
         err = raw
-    return [(f"{field} (predicted)", pred, "value"), (f"{field} (reference)", ref, "value"),
-            (f"{field} error", err, "error")]
+    what = err_name or f"{field} - {ref_name}"
+    return [(f"predicted {field}", pred, "value"), (f"reference {field}", ref, "value"),
+            (f"error {what}", err, "error")]
 
 
 def colour_ranges(panels, clim=None) -> list[tuple[float, float]]:
@@ -277,11 +280,15 @@ def _cut(mesh, view: str, axis: str):
     return out
 
 
-def frame_image(mesh, field: str, view: str = "slice", axis: str = "auto", compare: bool = False,
-                component: int | None = None, clim=None, window_size=None, cmap: str = "viridis",
-                label: str | None = None, ranges=None) -> np.ndarray:
-    """Render one frame to an (H, W, 3) uint8 image (window_size = (W, H) of the whole picture; default
-    1024x768, 1800x600 with ``compare``)."""
+def frame_plotter(mesh, field: str, view: str = "slice", axis: str = "auto", compare: bool = False,
+                  component: int | None = None, clim=None, window_size=None, cmap: str = "viridis",
+                  label: str | None = None, ranges=None):
+    """The off-screen pyvista Plotter of one frame, not yet drawn (the caller screenshots and closes it).
+
+    One panel per entry of :func:`panels_for`, side by side; each has its title (field, role, units) on top, its
+    colour bar on the right, the time ``label`` bottom left (first panel), and a camera fitted to the union of the
+    panels' bounds (:func:`fit_camera`), so the whole cut is in view whatever the domain's aspect ratio.
+    """
     pv = _pyvista()
     window_size = window_size or ((1800, 600) if compare else (1024, 768))
     if is_planar(mesh):        # a 2-D mesh (z = 0): the whole mesh seen from +z, whatever slice/clip asks
@@ -295,40 +302,85 @@ def frame_image(mesh, field: str, view: str = "slice", axis: str = "auto", compa
     for i, (_, v, _) in enumerate(panels):
         work.point_data[f"panel{i}"] = v
     cut = _cut(work, view, axis)
-    p = pv.Plotter(off_screen=True, shape=(1, len(panels)), window_size=tuple(int(x) for x in window_size),
-                   border=False)
+    window_size = tuple(int(x) for x in window_size)
+    p = pv.Plotter(off_screen=True, shape=(1, len(panels)), window_size=window_size, border=False)
+    aspect = (window_size[0] / len(panels)) / window_size[1]
+    direction, up = view_direction(view, axis)
     for i, ((title, _, kind), rng) in enumerate(zip(panels, ranges)):
         p.subplot(0, i)
-        bar = f"{title} [{units}]" if units else title
         p.add_mesh(cut, scalars=f"panel{i}", clim=rng, cmap=cmap if kind == "value" else
                    ("coolwarm" if rng[0] < 0 else "magma"), show_edges=False, lighting=view == "clip",
                    ambient=0.35 if view == "clip" else 0.0,
-                   scalar_bar_args=dict(title=bar, vertical=True, n_labels=5, fmt="%.3g", title_font_size=14,
-                                        label_font_size=12, position_x=0.8, position_y=0.08, width=0.08,
-                                        height=0.75, color="black"))
-        if view == "clip":
-            p.view_isometric()
-        else:
-            p.view_vector(tuple(-c for c in AXES[axis]) if axis != "z" else AXES[axis], viewup=VIEW_UP[axis])
-            p.enable_parallel_projection()
-        p.reset_camera()
-        p.camera.focal_point = tuple(np.add(p.camera.focal_point, _shift(p, cut)))
-        p.camera.position = tuple(np.add(p.camera.position, _shift(p, cut)))
+                   scalar_bar_args=dict(title=" " * (i + 1), vertical=True,   # units: in the title
+                                        n_labels=5, fmt="%.3g", title_font_size=12, label_font_size=12,
+                                        position_x=DRAW_REGION[1] + 0.03, position_y=DRAW_REGION[2],
+                                        width=0.07, height=DRAW_REGION[3] - DRAW_REGION[2], color="black"))
+        p.add_text(f"{title} [{units}]" if units else title, position="upper_edge", font_size=12, color="black")
         if label and i == 0:
-            p.add_text(label, position="upper_left", font_size=10, color="black")
+            p.add_text(label, position="lower_left", font_size=10, color="black")
     p.set_background("white")
+    bounds = union_bounds([cut] * len(panels))
+    for i in range(len(panels)):
+        p.subplot(0, i)
+        fit_camera(p.renderer.camera, bounds, direction, up, aspect)
+        p.renderer.camera_set = True            # else pyvista resets the camera at the first render
+        p.renderer.ResetCameraClippingRange()
+    return p
+
+
+def frame_image(mesh, field: str, view: str = "slice", axis: str = "auto", compare: bool = False,
+                component: int | None = None, clim=None, window_size=None, cmap: str = "viridis",
+                label: str | None = None, ranges=None) -> np.ndarray:
+    """Render one frame to an (H, W, 3) uint8 image (window_size = (W, H) of the whole picture; default
+    1024x768, 1800x600 with ``compare``); see :func:`frame_plotter`."""
+    p = frame_plotter(mesh, field, view, axis, compare, component, clim, window_size, cmap, label, ranges)
     img = p.screenshot(return_img=True)
     p.close()
     return np.asarray(img)[..., :3]
 
 
-def _shift(p, cut) -> np.ndarray:
-    """A sideways camera offset that moves the picture left of the vertical colour bar (10% of the view)."""
-    cam = p.camera
-    d = np.subtract(cam.focal_point, cam.position)
-    right = np.cross(d, cam.up)
-    right /= np.linalg.norm(right) or 1.0
-    return right * 0.12 * float(np.linalg.norm(np.ptp(np.asarray(cut.bounds).reshape(3, 2), axis=1)))
+def view_direction(view: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
+    """(camera viewing direction (3,), view-up (3,)) of a slice/surface normal to ``axis`` or of the 3-D clip
+    view (isometric, z up)."""
+    if view == "clip":
+        return -np.ones(3) / np.sqrt(3.0), np.array([0.0, 0.0, 1.0])
+    normal = np.asarray(AXES[axis])
+    return (-normal if axis == "z" else normal), np.asarray(VIEW_UP[axis], dtype=np.float64)
+
+
+def union_bounds(meshes) -> np.ndarray:
+    """(3, 2) [min, max] per axis over all ``meshes`` (pyvista bounds)."""
+    b = np.array([np.asarray(m.bounds, dtype=np.float64).reshape(3, 2) for m in meshes])
+    return np.stack([b[:, :, 0].min(axis=0), b[:, :, 1].max(axis=0)], axis=1)
+
+
+def fit_camera(camera, bounds, direction, up, aspect: float, region=None, margin: float = 1.03) -> None:
+    """Parallel-projection camera that shows the whole box ``bounds`` ((3, 2)) inside ``region``.
+
+    ``region`` = (left, right, bottom, top) as fractions of the panel (default :data:`DRAW_REGION`: the colour
+    bar keeps the right quarter, the title the top strip, the time label the bottom strip); ``aspect`` is the
+    panel's width / height in pixels. The box's 8 corners projected on the view plane decide the scale.
+    """
+    left, right, bottom, top = region or DRAW_REGION
+    d = np.asarray(direction, dtype=np.float64)
+    d /= np.linalg.norm(d)
+    r = np.cross(d, up)
+    r /= np.linalg.norm(r)
+    u = np.cross(r, d)
+    b = np.asarray(bounds, dtype=np.float64).reshape(3, 2)
+    corners = np.array([[x, y, z] for x in b[0] for y in b[1] for z in b[2]])
+    centre = b.mean(axis=1)
+    xr, yu = (corners - centre) @ r, (corners - centre) @ u
+    diag = float(np.linalg.norm(b[:, 1] - b[:, 0])) or 1.0
+    half_w, half_h = max(np.abs(xr).max(), 1e-9 * diag), max(np.abs(yu).max(), 1e-9 * diag)
+    scale = margin * max(half_w / (aspect * (right - left)), half_h / (top - bottom))   # half the view height
+    # The view centre sits where the region's centre must be moved to put the box's centre in the region.
+    focal = (centre + r * (1.0 - left - right) * scale * aspect + u * (1.0 - bottom - top) * scale)
+    camera.SetParallelProjection(True)
+    camera.SetFocalPoint(*focal)
+    camera.SetPosition(*(focal - d * 4.0 * diag))
+    camera.SetViewUp(*u)
+    camera.SetParallelScale(scale)
 
 
 def save_png(img: np.ndarray, path) -> Path:
@@ -385,12 +437,12 @@ def render_series(source, field: str, out_png=None, step: int | None = -1, time:
     if animation.suffix == ".mp4" and shutil.which("ffmpeg") is None:
         raise MeshgnnError(f"{animation}: .mp4 needs ffmpeg on PATH (not found); write a .gif instead")
     ranges = _series_ranges(frames, field, compare, component, clim)
-    it = frames
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(frames, desc="render", unit="frame", dynamic_ncols=True)
-    images = [frame_image(load_mesh(fr.file, fr.index), field, view, axis, compare, component, None, window_size,
-                          cmap, _label(fr), ranges) for fr in it]
+    from .progress import Progress
+
+    with Progress(len(frames), "render", enabled=progress, every_s=30 if progress else None, stream=sys.stderr,
+                  unit="frame") as bar:
+        images = [frame_image(load_mesh(fr.file, fr.index), field, view, axis, compare, component, None,
+                              window_size, cmap, _label(fr), ranges) for fr in bar.track(frames)]
     out["animation"] = (_save_gif if animation.suffix == ".gif" else _save_mp4)(images, animation, fps)
     return out
 

@@ -24,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--courant", type=float, default=8.0,
                    help="implicit sub-step Courant number (90th percentile of nodes); smaller = more sub-steps, "
                         "more accurate (default 8)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--mesh-threads", dest="mesh_threads", type=int, default=0,
                    help="gmsh meshing threads; 0 = 1 below 200000 nodes (bit-reproducible meshes), else 2 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--solver", choices=("builtin", "openfoam"), default="builtin",
@@ -45,7 +45,7 @@ def _check(args) -> None:
               (0 < lo <= hi, "--velocity-range needs 0 < MIN <= MAX"),
               (args.packing >= 0, "--packing must be >= 0"),
               (args.inlet_co2 > 0 and args.capacity > 0 and args.rate >= 0, "--inlet-co2, --capacity > 0, --rate >= 0"),
-              (args.courant > 0, "--courant must be > 0"), (args.threads >= 0, "--threads must be >= 0")]
+              (args.courant > 0, "--courant must be > 0"), (args.mesh_threads >= 0, "--mesh-threads must be >= 0")]
     for ok, message in checks:
         if not ok:
             raise MeshgnnError(message)
@@ -53,17 +53,18 @@ def _check(args) -> None:
 
 def run(args) -> int:
     from ..generate.column import GenerateConfig, generate_dataset
+    from ..provenance import invocation
 
     _check(args)
     if args.solver == "openfoam":
         return _run_openfoam(args)
     cfg = GenerateConfig(nodes=args.nodes, trajectories=args.trajectories, steps=args.steps, seed=args.seed,
                          velocity_range=tuple(args.velocity_range), packing=args.packing, inlet_co2=args.inlet_co2,
-                         capacity=args.capacity, rate=args.rate, courant=args.courant, threads=args.threads)
+                         capacity=args.capacity, rate=args.rate, courant=args.courant, threads=args.mesh_threads)
     print(f"meshgnn generate: packed column, target {cfg.nodes} nodes, {cfg.trajectories} trajectories x "
           f"{cfg.steps} steps", file=sys.stderr)
     s = generate_dataset(args.out, cfg, progress=not args.quiet,
-                         extra_provenance={"command": "meshgnn generate " + " ".join(sys.argv[2:])})
+                         extra_provenance=invocation())
     off = 100.0 * (s["nodes"] / s["nodes_target"] - 1.0)
     types = ", ".join(f"{k}={v}" for k, v in s["node_types"].items())
     print(f"wrote {s['path']}\n"

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from ..errors import MeshgnnError
 
-FORMATS = ("auto", "vtu", "pvd", "meshio", "openfoam", "csv", "deepmind")
+FORMATS = ("auto", "vtu", "pvd", "vtm", "meshio", "openfoam", "csv", "deepmind")
 
 
 def add_arguments(p):
     p.add_argument("paths", nargs="+", metavar="SOURCE... OUT.h5",
-                   help="one or more sources (a .pvd, .xdmf, OpenFOAM case folder, folder or quoted glob of "
-                        ".vtu/.csv files), each one trajectory on the same mesh, then the output dataset")
+                   help="one or more sources (a .pvd, .xdmf, .vtm.series / .vtm multi-block series, OpenFOAM "
+                        "case folder, folder or quoted glob of .vtu/.vtm/.csv files), each one trajectory on the same mesh, then the output dataset")
     p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="source format (default: detect from names: .pvd, .vtu/.vtk, .csv, system/controlDict, "
+                   help="source format (default: detect from names: .pvd, .vtu/.vtk, .vtm/.vtm.series, .csv, "
+                        "system/controlDict, "
                         "meta.json (deepmind: a MeshGraphNets tfrecord dataset folder), else meshio)")
     p.add_argument("--split", default="train", help="deepmind: the split to read, <split>.tfrecord (default: train)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -70,7 +71,9 @@ def run(args) -> int:
                             units=args.units, node_types=args.node_types, dt=args.dt, dirichlet=args.dirichlet,
                             mesh=args.mesh, tolerance=args.tolerance, drop_unreferenced=args.drop_unreferenced,
                             cell_data=args.cell_data)
-    provenance = {"command": "meshgnn import " + " ".join(args.paths)}
+    from ..provenance import invocation
+
+    provenance = invocation()        # the full command line and every option (meshgnn/provenance.py)
     if deepmind:
         if len(sources) != 1:
             raise MeshgnnError("import --format deepmind: expected one dataset folder (with meta.json) and OUT.h5")

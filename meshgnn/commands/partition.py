@@ -67,11 +67,11 @@ def exact_halo(layers: int, integrator: str) -> tuple[int, int]:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from meshgnn.decomposition import format_stats, iter_parts, partition, partition_stats, write_part_store
 
     from ..io.dataset import Dataset
+    from ..progress import Progress
+    from ..provenance import invocation
 
     needed, stages = exact_halo(args.layers, args.integrator)
     halo = needed if args.halo == "auto" else args.halo
@@ -95,11 +95,13 @@ def run(args) -> int:
     t_part = time.perf_counter() - t0
 
     meta = dict(dataset=str(Path(args.dataset).resolve()), layers=args.layers, integrator=args.integrator,
-                stages=stages, seed=args.seed, exact=bool(halo >= needed))
-    parts = tqdm(iter_parts(edge_index, num_nodes, owner, halo), total=args.parts, desc="halos", unit="part",
-                 disable=args.quiet, file=sys.stderr)
+                stages=stages, seed=args.seed, exact=bool(halo >= needed), provenance=invocation())
+    bar = Progress(args.parts, "halos", enabled=not args.quiet, every_s=None if args.quiet else 30,
+                   stream=sys.stderr, unit="part")
     try:
-        summaries = write_part_store(out, parts, owner, meta, edge_index=edge_index, method=args.method, halo=halo)
+        with bar:
+            summaries = write_part_store(out, bar.track(iter_parts(edge_index, num_nodes, owner, halo)), owner, meta,
+                                         edge_index=edge_index, method=args.method, halo=halo)
     except OSError as e:
         raise MeshgnnError(f"{out}: cannot write the part store ({e})") from None
     stats = partition_stats(summaries, edge_index, num_nodes, owner)

@@ -14,7 +14,7 @@ from ...errors import InputError
 from .mapping import ImportOptions, NodeTypeRules, build_options
 from .series import Frame, Series, import_series
 
-FORMATS = ("auto", "vtu", "pvd", "meshio", "openfoam", "csv")
+FORMATS = ("auto", "vtu", "pvd", "vtm", "meshio", "openfoam", "csv")
 
 __all__ = ["FORMATS", "Frame", "ImportOptions", "NodeTypeRules", "Series", "build_options", "detect_format",
            "import_series", "read_source"]
@@ -24,6 +24,7 @@ def detect_format(source: str) -> str:
     """Guess the format of ``source`` from its name and contents."""
     from .openfoam import is_case
     from .vtk_series import VTK_SUFFIXES, expand_files
+    from .vtm_series import is_multiblock_source
 
     p = Path(source)
     if is_case(source):
@@ -31,6 +32,10 @@ def detect_format(source: str) -> str:
     suffix = p.suffix.lower()
     if suffix == ".pvd":
         return "pvd"
+    if is_multiblock_source(source):
+        return "vtm"
+    if suffix == ".series":                    # run.vtu.series, run.vtp.series (ParaView JSON)
+        return "vtu"
     if p.is_dir():
         kinds = {f.suffix.lower() for f in p.iterdir() if f.is_file()}
         if kinds & set(VTK_SUFFIXES):
@@ -44,6 +49,8 @@ def detect_format(source: str) -> str:
     if any(c in source for c in "*?["):
         files = expand_files(source, ())
         suffix = files[0].suffix.lower()
+        if suffix == ".vtm":
+            return "vtm"
     if suffix in VTK_SUFFIXES:
         return "vtu"
     if suffix in (".csv", ".txt", ".dat"):
@@ -58,6 +65,7 @@ def read_source(source: str, options: ImportOptions) -> Series:
     from .csv_series import read_csv_series
     from .openfoam import read_openfoam
     from .vtk_series import read_meshio_series, read_vtk_series
+    from .vtm_series import read_vtm_series
 
     fmt = options.fmt if options.fmt != "auto" else detect_format(source)
     if fmt not in FORMATS:
@@ -66,6 +74,8 @@ def read_source(source: str, options: ImportOptions) -> Series:
         raise InputError(source, "--cell-data", "only OpenFOAM cases can be imported as cell data")
     if fmt == "openfoam":
         return read_openfoam(source, cell_data=options.cell_data)
+    if fmt == "vtm":
+        return read_vtm_series(source, options.tolerance)
     if fmt in ("vtu", "pvd"):
         return read_vtk_series(source, pvd=(fmt == "pvd") or None)
     if fmt == "csv":

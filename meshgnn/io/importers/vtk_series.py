@@ -69,7 +69,33 @@ def read_pvd(path: Path) -> list[tuple[float | None, Path]]:
     return entries
 
 
-def _vtk_grid(path: Path):
+def read_series_json(path: Path) -> list[tuple[float | None, Path]]:
+    """``(time, file)`` entries of a ParaView ``.series`` file (``case.vtm.series``, ``run.vtu.series``: JSON
+    ``{"file-series-version": "1.0", "files": [{"name": ..., "time": ...}, ...]}``), in file order."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise InputError(path, None, f"not a valid .series (JSON) file: {str(e).splitlines()[0]}") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not files:
+        raise InputError(path, "files", "expected a non-empty list of {\"name\": ..., \"time\": ...} entries")
+    entries = []
+    for k, item in enumerate(files):
+        if not isinstance(item, dict) or not item.get("name"):
+            raise InputError(path, f"files[{k}]", "missing 'name'")
+        t = item.get("time")
+        try:
+            t = None if t is None else float(t)
+        except (TypeError, ValueError):
+            raise InputError(path, f"files[{k}].time", f"'{t}' is not a number") from None
+        entries.append((t, Path(path).parent / str(item["name"])))
+    return entries
+
+
+def read_vtk_grid(path: Path):
+    """One VTK file as a pyvista UnstructuredGrid (other data set types cast); multi-block files are an error."""
     import pyvista as pv
 
     if not path.is_file():
@@ -107,7 +133,8 @@ def vtk_cells(grid, path: Path) -> dict[str, np.ndarray]:
     return cells
 
 
-def _vtk_time(grid) -> float | None:
+def vtk_time(grid) -> float | None:
+    """The ``TimeValue`` (or ``TIME``/``time``) field-data entry of a grid; None when absent."""
     for key in ("TimeValue", "TIME", "time"):
         if key in grid.field_data:
             v = np.asarray(grid.field_data[key]).ravel()
@@ -116,7 +143,7 @@ def _vtk_time(grid) -> float | None:
     return None
 
 
-def _vtk_cell_regions(grid) -> dict[str, dict[str, np.ndarray]]:
+def vtk_cell_regions(grid) -> dict[str, dict[str, np.ndarray]]:
     """Integer cell-data arrays, split per cell type (in ``cells_dict`` order)."""
     ctypes = np.asarray(grid.celltypes)
     out = {}
@@ -129,7 +156,8 @@ def _vtk_cell_regions(grid) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _point_fields(grid) -> dict[str, np.ndarray]:
+def point_fields(grid) -> dict[str, np.ndarray]:
+    """``{name: (N,) or (N, C)}`` point data of a grid."""
     return {name: np.asarray(grid.point_data[name]) for name in grid.point_data.keys()}
 
 
@@ -140,33 +168,51 @@ def read_vtk_series(source: str, pvd: bool | None = None) -> Series:
         if not path.is_file():
             raise InputError(source, None, "no such file")
         entries = read_pvd(path)
+    elif path.name.lower().endswith(".series"):
+        entries = read_series_json(path)
     else:
         entries = [(None, f) for f in expand_files(source, VTK_SUFFIXES)]
-    grid = _vtk_grid(entries[0][1])
+    grid = read_vtk_grid(entries[0][1])
     points = np.asarray(grid.points, dtype=np.float64)
     cells = vtk_cells(grid, entries[0][1])
     n = len(points)
 
     def loader(f: Path, k: int):
         def load():
-            g = grid if k == 0 else _vtk_grid(f)
+            g = grid if k == 0 else read_vtk_grid(f)
             if g.n_points != n:
                 raise InputError(f, "points", f"{g.n_points} points, but step 0 ({entries[0][1].name}) has {n}")
-            return _point_fields(g)
+            return point_fields(g)
         return load
 
     frames = []
     for k, (t, f) in enumerate(entries):
         if t is None and k == 0:
-            t = _vtk_time(grid)
+            t = vtk_time(grid)
         elif t is None:
-            t = _vtk_time_cheap(f)
+            t = vtk_file_time(f)
         frames.append(Frame(t, str(f), loader(f, k)))
     return Series(source, "pvd" if path.suffix.lower() == ".pvd" else "vtu", points, cells, frames,
-                  cell_regions=_vtk_cell_regions(grid))
+                  cell_regions=vtk_cell_regions(grid), units=vtk_units(grid))
 
 
-def _vtk_time_cheap(path: Path) -> float | None:
+def vtk_units(grid) -> dict[str, str]:
+    """``{point array: unit}`` from each array's ``UNITS_LABEL`` information key (how meshgnn's rollout output,
+    VTK and ParaView store units; meshio drops them)."""
+    from vtkmodules.vtkCommonCore import vtkDataArray
+
+    key = vtkDataArray.UNITS_LABEL()
+    pd = grid.GetPointData()
+    out = {}
+    for i in range(pd.GetNumberOfArrays()):
+        arr = pd.GetAbstractArray(i)
+        info = arr.GetInformation() if arr is not None else None
+        if info is not None and info.Has(key) and info.Get(key):
+            out[arr.GetName()] = str(info.Get(key))
+    return out
+
+
+def vtk_file_time(path: Path) -> float | None:
     """``TimeValue`` of a VTK XML file without reading its arrays (scan the head of the file)."""
     if path.suffix.lower() not in (".vtu", ".vtp") or not path.is_file():
         return None
@@ -174,7 +220,7 @@ def _vtk_time_cheap(path: Path) -> float | None:
         head = fh.read(1 << 16).decode("latin-1")
     if 'Name="TimeValue"' not in head:
         return None
-    return _vtk_time(_vtk_grid(path))
+    return vtk_time(read_vtk_grid(path))
 
 
 # ---------------------------------------------------------------------------------------------- meshio
