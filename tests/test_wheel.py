@@ -159,3 +159,28 @@ def test_missing_mpi4py_is_one_line_naming_the_extra(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "mpi4py" in lines[0] and "meshgnn[mpi]" in lines[0]
+
+
+def test_missing_torch_geometric_is_one_line_naming_the_extra(tmp_path, box_dataset):
+    """Without torch-geometric (a stand-in that cannot import): the bridge and the ops backend name [pyg]."""
+    fake = tmp_path / "shadow" / "torch_geometric"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch_geometric stands in for a missing one')\n")
+    code = (
+        "import json\n"
+        "from meshgnn import Dataset, MeshgnnError, ops\n"
+        "from meshgnn.io import pyg\n"
+        "msgs = []\n"
+        f"for call in (lambda: pyg.to_data(Dataset({str(box_dataset)!r}), 'traj00', 0),\n"
+        "             lambda: ops.set_backend('pyg')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except MeshgnnError as e:\n"
+        "        msgs.append(str(e))\n"
+        "print(json.dumps(dict(msgs=msgs, available=ops.available_backends())))\n")
+    env = dict(os.environ, PYTHONPATH=str(fake.parent), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(got["msgs"]) == 2 and all("meshgnn[pyg]" in m and "\n" not in m for m in got["msgs"]), got
+    assert "pyg" not in got["available"] and "ours" in got["available"]
