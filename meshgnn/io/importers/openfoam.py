@@ -282,8 +282,10 @@ def read_openfoam(source: str, cell_data: bool = False) -> Series:
         return load
 
     frames = [Frame(t, str(case / _time_name(case, t)), loader(k, t)) for k, t in enumerate(times)]
+    fields = [n for n in (grid.cell_data if cell_data else grid.point_data).keys() if not n.startswith("vtk")]
     return Series(str(source), "openfoam", points, cells, frames, node_groups=groups, notes=notes,
-                  units=foam_units(case / _time_name(case, times[-1])))
+                  units=foam_units(case / _time_name(case, times[-1])),
+                  patch_conditions=case_conditions(case, _time_name(case, times[0]), fields))
 
 
 _SI = ("kg", "m", "s", "K", "mol", "A", "cd")   # the order of OpenFOAM's ``dimensions [...]`` exponents
