@@ -260,3 +260,14 @@ def test_unknown_node_type_code_and_override(tmp_path, capsys):
     assert _run(folder, tmp_path / "n.h5", "--node-types", "9=obstacle") == 0
     with Dataset(tmp_path / "n.h5") as ds:
         assert ds.node_type_names[ds.node_type[7]] == "obstacle"
+
+
+def test_nan_in_a_step_is_named(tmp_path):
+    traj = cylinder_like(1.0)
+    traj["pressure"] = traj["pressure"].copy()
+    traj["pressure"][3, [5, 9]] = np.nan
+    folder = write_split(tmp_path / "nan", "train", CYL_FEATURES, [traj], dt=CYL_DT)
+    with pytest.raises(InputError, match=r"record 0: pressure: 2 nodes hold NaN/Inf values at time 0\.03 \(step 3\); "
+                                         r"first: node 5"):
+        import_deepmind(folder, tmp_path / "nan.h5", build_options(), report=lambda s: None)
+    assert not (tmp_path / "nan.h5").exists()

@@ -603,6 +603,40 @@ class DatasetWriter:
         self._guard.raise_if_failed()
         done[int(step)] = True
 
+    def write_steps(self, traj_id, start: int, times, values: dict) -> None:
+        """Write steps ``start .. start + K - 1`` at once: ``times`` (K,), ``{state_name: (K, N, C)}`` (one HDF5
+        write per field instead of K; the same checks as :meth:`write_step`)."""
+        tid, times = str(traj_id), np.asarray(times, dtype=np.float64).reshape(-1)
+        done = self._steps_written.get(tid)
+        if done is None:
+            raise ValueError(f"trajectory {tid!r}: call add_trajectory first")
+        k, start = times.size, int(start)
+        if not (0 <= start and start + k <= done.size):
+            raise IndexError(f"trajectory {tid}: steps {start}..{start + k - 1} outside [0, {done.size})")
+        need = [f for f, s in self.fields.items() if s.role == "state"]
+        if set(values) != set(need):
+            raise ValueError(f"trajectory {tid}: state fields given {sorted(values)}, expected {sorted(need)}")
+        if not np.isfinite(times).all():
+            raise InputError(self.path, f"/trajectories/{tid}/time",
+                             f"step {start + int(np.argmin(np.isfinite(times)))}: time is not finite")
+        checked = {}
+        for name, v in values.items():
+            v = np.asarray(v, dtype=np.float32)
+            v = v[..., None] if v.ndim == 2 and self.fields[name].components == 1 else v
+            if v.shape != (k, self.num_nodes, self.fields[name].components):
+                raise ValueError(f"trajectory {tid}: field {name}: expected shape ({k}, {self.num_nodes}, "
+                                 f"{self.fields[name].components}), got {v.shape}")
+            bad = ~np.isfinite(v).reshape(k, -1).all(1)
+            if bad.any():
+                self._checked(tid, name, start + int(np.argmax(bad)), v[int(np.argmax(bad))])   # raises, names it
+            checked[name] = v
+        g = self._f[f"trajectories/{tid}"]
+        for name, v in checked.items():
+            g["fields"][name][start:start + k] = v
+        g["time"][start:start + k] = times
+        self._guard.raise_if_failed()
+        done[start:start + k] = True
+
 
 def describe(ds: Dataset) -> str:
     """A human-readable multi-line summary of a dataset (used by ``meshgnn info``)."""

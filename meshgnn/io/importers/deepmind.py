@@ -292,12 +292,12 @@ def _write_record(w, rec, meta: Meta, specs, tid, params, dt, path, where, n) ->
     if meta.trajectory_length is not None and T != meta.trajectory_length:
         raise InputError(path, where, f"{T} steps, but meta.json's trajectory_length is {meta.trajectory_length}")
     w.add_trajectory(tid, T, parameters=params, static=static)
-    for t in range(T):
-        values = {}
-        for f, v in steps.items():
-            validate.check_finite(v[t], f"{path}: {where}", f, t * dt, t)
-            values[f] = v[t].reshape(n, -1)
-        w.write_step(tid, t, t * dt, values)
+    for f, v in steps.items():
+        bad = ~np.isfinite(v).reshape(T, -1).all(1)
+        if bad.any():                  # name the first step holding NaN/Inf, its node count and first node
+            t = int(np.argmax(bad))
+            validate.check_finite(v[t].reshape(n, -1), f"{path}: {where}", f, t * dt, t)
+    w.write_steps(tid, 0, dt * np.arange(T), {f: v.reshape(T, n, -1) for f, v in steps.items()})
 
 
 def _same_mesh(ref, have, path, k, skip) -> None:
