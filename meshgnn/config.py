@@ -108,6 +108,21 @@ class TrainConfig:
                                                      "choices": ["lhop", "per-layer"]})
     checkpoint_layers: bool = field(default=False, metadata={"help": "activation checkpointing per processor layer"})
     checkpoint_stages: bool = field(default=False, metadata={"help": "recompute integrator stages in backward"})
+    checkpoint_segments: int = field(default=0, metadata={"help": "low-memory processor: save edge latents at the "
+                                                                  "start of S segments of ceil(layers/S) layers, "
+                                                                  "edge MLP backward in edge chunks (S = layers: "
+                                                                  "per layer); 0: off"})
+    checkpoint_storage: str = field(default="float32", metadata={"help": "dtype of the low-memory processor's saved "
+                                                                         "activations: float32 (exact) or bfloat16 "
+                                                                         "(half the bytes, gradients within bf16 "
+                                                                         "rounding); bfloat16 alone implies "
+                                                                         "--checkpoint-segments layers",
+                                                                 "choices": ["float32", "bfloat16"]})
+    memory_budget: str = field(default="", metadata={"help": "GiB one patch's training step may use, or 'auto' "
+                                                             "(CUDA: 90% of the card, CPU: 80% of available RAM): "
+                                                             "picks the checkpoint plan per patch (meshgnn/plan.py) "
+                                                             "and says which; overrides the checkpoint flags; "
+                                                             "empty: off"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (fp32 master weights)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (inductor fuses its element-wise "
                                                            "work; the first steps pay the compilation)"})

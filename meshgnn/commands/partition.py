@@ -109,4 +109,7 @@ def run(args) -> int:
     print(f"{args.method} partition {t_part:.1f} s, total {time.perf_counter() - t0:.1f} s; "
           f"core outputs exact for {halo} hops ({'>=' if halo >= needed else '<'} {args.layers} layers x {stages} "
           f"stages); wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    from meshgnn.plan import partition_hint
+    print(f"meshgnn partition: {partition_hint(num_nodes, int(edge_index.shape[1]), args.layers, stages, halo)}",
+          file=sys.stderr)
     return 0

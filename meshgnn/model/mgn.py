@@ -8,6 +8,7 @@ Shapes: N nodes, E receiver-sorted edges (see :class:`meshgnn.graph.Graph`), H l
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Optional
 
 import torch
@@ -16,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from ..graph import Graph
+from .lowmem import STORAGE, rowwise_checkpoint, run_processor
 
 
 class LayerNorm(nn.LayerNorm):
@@ -104,15 +106,37 @@ class MeshGraphNet(nn.Module):
         node_in: node input features; edge_in: edge input features; node_out: output features per node.
         latent: latent size H (paper: 128). layers: processor blocks L (paper: 15).
         hidden_layers: hidden layers per MLP (paper: 2). concat_trick: see :class:`GraphNetBlock`.
-        checkpoint_layers: recompute each block in backward (activation checkpointing) to save memory.
+        checkpoint_layers: recompute each block in backward (torch activation checkpointing) to save memory.
+        checkpoint_segments: S > 0 runs the processor in training through :mod:`meshgnn.model.lowmem`: edge
+            latents saved at the start of S segments of ceil(L/S) blocks, edge MLP backward in edge chunks
+            (S = L: per-layer). checkpoint_storage: dtype of the saved activations there, "float32" (the
+            compute dtype; exact) or "bfloat16" (half the bytes; gradients within bf16 rounding).
+        memory_budget: what one training forward + backward may use: GiB (number or text), "auto" (the
+            device's memory, :func:`meshgnn.plan.device_memory_bytes`) or "" (off). Set, it lets
+            :func:`meshgnn.plan.choose` pick the checkpoint plan per graph size (``stages`` model calls per step),
+            overriding the three options above.
     """
 
     def __init__(self, node_in: int, edge_in: int, node_out: int, latent: int = 128, layers: int = 15,
-                 hidden_layers: int = 2, concat_trick: bool = True, checkpoint_layers: bool = False):
+                 hidden_layers: int = 2, concat_trick: bool = True, checkpoint_layers: bool = False,
+                 checkpoint_segments: int = 0, checkpoint_storage: str = "float32", memory_budget="",
+                 stages: int = 1):
         super().__init__()
         self.config = dict(node_in=node_in, edge_in=edge_in, node_out=node_out, latent=latent, layers=layers,
                            hidden_layers=hidden_layers, concat_trick=concat_trick)
+        if checkpoint_storage not in STORAGE:
+            raise ValueError(f"checkpoint_storage must be one of {', '.join(STORAGE)}, got {checkpoint_storage!r}")
         self.checkpoint_layers = checkpoint_layers
+        self.checkpoint_segments = int(checkpoint_segments)
+        self.checkpoint_storage = checkpoint_storage
+        self.memory_budget = "" if memory_budget in (None, 0, "") else str(memory_budget)
+        if self.memory_budget and self.memory_budget != "auto":
+            from ..plan import budget_bytes
+
+            budget_bytes(self.memory_budget, "cpu")       # bad text fails here, not at the first step
+        self.stages = int(stages)
+        self.last_plan = None    # the meshgnn.plan.Plan of the latest planned forward (memory_budget > 0)
+        self._announced: set = set()
         self.node_encoder = mlp(node_in, latent, latent, hidden_layers)
         self.edge_encoder = mlp(edge_in, latent, latent, hidden_layers)
         self.processor = nn.ModuleList(GraphNetBlock(latent, hidden_layers, concat_trick) for _ in range(layers))
@@ -123,8 +147,32 @@ class MeshGraphNet(nn.Module):
         return len(self.processor)
 
     def encode_edges(self, edge_features: torch.Tensor) -> torch.Tensor:
-        """Edge latents ``(E, H)``; constant over integrator stages when the mesh does not move."""
+        """Edge latents ``(E, H)``; constant over integrator stages when the mesh does not move.
+
+        In segment-checkpointed training the encoder is recomputed in backward (its (E, H) intermediates
+        would otherwise stay saved for the whole step)."""
+        if torch.is_grad_enabled() and self._processor_plan(edge_features.shape[0], None)[0] == "segments":
+            return rowwise_checkpoint(self.edge_encoder, edge_features)
         return self.edge_encoder(edge_features)
+
+    def _processor_plan(self, num_edges: int, num_nodes: Optional[int]) -> tuple[str, int, str]:
+        """``(mode, segments, storage)`` of a training forward: mode "none", "layers" (torch checkpoint per
+        block) or "segments" (:mod:`.lowmem`)."""
+        if self.memory_budget:
+            from ..plan import budget_bytes, choose
+
+            budget = budget_bytes(self.memory_budget, next(self.parameters()).device)
+            n = num_nodes if num_nodes is not None else max(1, round(num_edges / 13))   # tet meshes: E ≈ 13 N
+            p = choose(n, num_edges, self.config["latent"], self.num_layers, self.stages, budget,
+                       hidden_layers=self.config["hidden_layers"])
+            self.last_plan = p
+            if p.describe() not in self._announced and num_nodes is not None:
+                self._announced.add(p.describe())
+                print(f"meshgnn: memory plan: {p.describe()}", file=sys.stderr, flush=True)
+            return p.mode, p.segments, p.storage
+        if self.checkpoint_segments > 0 or self.checkpoint_storage != "float32":
+            return "segments", self.checkpoint_segments or self.num_layers, self.checkpoint_storage
+        return ("layers" if self.checkpoint_layers else "none"), 0, "float32"
 
     def forward(self, node_features: torch.Tensor, graph: Graph, edge_features: Optional[torch.Tensor] = None,
                 edge_latent: Optional[torch.Tensor] = None,
@@ -137,10 +185,15 @@ class MeshGraphNet(nn.Module):
         """
         x = self.node_encoder(node_features)
         e = edge_latent if edge_latent is not None else self.encode_edges(edge_features)
+        mode, segments, storage = (self._processor_plan(graph.num_edges, graph.num_nodes) if torch.is_grad_enabled()
+                                   else ("none", 0, "float32"))
+        if mode == "segments" and halo_exchange is None:
+            x, e = run_processor(self.processor, x, e, graph, segments, storage)
+            return self.decoder(x)
         for block in self.processor:
             if halo_exchange is not None:
                 x = halo_exchange(x)
-            if self.checkpoint_layers and torch.is_grad_enabled():
+            if mode != "none":   # per-layer halo exchange runs outside the blocks: torch checkpoint per block
                 x, e = checkpoint(block, x, e, graph, use_reentrant=False)
             else:
                 x, e = block(x, e, graph)
