@@ -21,7 +21,24 @@ COMMANDS = {
     "rollout": ("rollout", "roll a trained model out and write ParaView files and error metrics"),
     "render": ("render", "render PNG pictures / animations of a field from rollout output"),
     "demo": ("demo", "the end-to-end demo: generate, train, roll out, render"),
+    "migrate-checkpoint": ("migrate_checkpoint", "convert a version-1 (pickle) checkpoint you trust to the safe "
+                                                 "format (tensors + JSON)"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``meshgnn train: error: argument --lr: ...``; ``--help`` for usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which checkpoints and stops on its own)."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
 
 
 THREADS_HELP = ("CPU threads per process (default: the cores this process may use / ranks on this node, less "
@@ -50,7 +67,7 @@ def _prepare(args, argv) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meshgnn", description=__doc__.splitlines()[0])
+    p = _Parser(prog="meshgnn", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors (and the thread choice)")
     p.add_argument("--threads", type=_threads, default=None, metavar="N", help=THREADS_HELP)
     p.add_argument("--version", action="version", version=f"meshgnn {__import__('meshgnn').__version__}")
@@ -73,10 +90,23 @@ def main(argv=None) -> int:
         return 2
     from .memory import enable_huge_pages
     enable_huge_pages()   # before any sub-command imports torch: big tensors on transparent huge pages
+    import signal
+    import threading
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _prepare(args, sys.argv[1:] if argv is None else [str(a) for a in argv])
         rc = args._module.run(args)
+        sys.stdout.flush()
         return int(rc or 0)
+    except BrokenPipeError:            # `meshgnn info x | head`: the reader left; say nothing more
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Terminated:
+        print(f"meshgnn {args.command}: terminated by SIGTERM", file=sys.stderr)
+        return 143
     except user_errors() as e:
         if args.debug:
             raise
@@ -85,12 +115,21 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"meshgnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:               # the environment (full disk, permissions): the path and the reason
+        if args.debug:
+            raise
+        where = e.filename or getattr(args, "out", None) or "output"
+        print(f"meshgnn {args.command}: error: {where}: {e.strerror or e} ({type(e).__name__})", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if args.debug:
             raise
         print(f"meshgnn {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for details)",
               file=sys.stderr)
         return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ from pathlib import Path
 
 from ..errors import InputError, MeshgnnError
 
+from ..config import TrainConfig
+
+DEFAULT_LAYERS = TrainConfig.layers              # what `meshgnn train` uses when not told
+DEFAULT_INTEGRATOR = TrainConfig.integrator
+
 
 def _int_at_least(text: str, minimum: int, what: str) -> int:
     try:
@@ -39,14 +44,16 @@ def add_arguments(p):
                         "(default: metis)")
     p.add_argument("--halo", type=_halo, default="auto",
                    help="halo depth in hops, or 'auto' = layers x integrator stages (default: auto)")
-    p.add_argument("--layers", type=_positive_int, default=15,
-                   help="message-passing layers of the model, for --halo auto (default: 15)")
-    p.add_argument("--integrator", default="euler",
+    p.add_argument("--layers", type=_positive_int, default=None,
+                   help=f"message-passing layers of the model, for --halo auto (default: {DEFAULT_LAYERS}, the "
+                        "default model of `meshgnn train`; the assumption is reported)")
+    p.add_argument("--integrator", default=None,
                    help="Runge-Kutta method the model is stepped with, for --halo auto: euler, heun, midpoint, "
-                        "heun3, ssprk3, rk4 or a JSON tableau (default: euler)")
+                        f"heun3, ssprk3, rk4 or a JSON tableau (default: {DEFAULT_INTEGRATOR}, as `meshgnn train`)")
     p.add_argument("--out", "-o", default=None,
                    help="output part store (default: <dataset stem>.parts.h5 beside the dataset)")
-    p.add_argument("--seed", type=int, default=0, help="METIS random seed (default: 0)")
+    p.add_argument("--seed", type=lambda t: _int_at_least(t, 0, "a seed >= 0"), default=0,
+                   help="METIS random seed (default: 0)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -66,25 +73,43 @@ def exact_halo(layers: int, integrator: str) -> tuple[int, int]:
         raise InputError("--integrator", None, str(e)) from None
 
 
+def assumed_model(args) -> str | None:
+    """Fill ``args.layers`` / ``args.integrator`` left out with the training defaults; say which were assumed."""
+    assumed = []
+    if args.layers is None:
+        args.layers = DEFAULT_LAYERS
+        assumed.append(f"--layers {DEFAULT_LAYERS}")
+    if args.integrator is None:
+        args.integrator = DEFAULT_INTEGRATOR
+        assumed.append(f"--integrator {DEFAULT_INTEGRATOR}")
+    return " ".join(assumed) or None
+
+
 def run(args) -> int:
     from meshgnn.decomposition import format_stats, iter_parts, partition, partition_stats, write_part_store
 
+    from ..io.check import check_quick
     from ..io.dataset import Dataset
     from ..progress import Progress
     from ..provenance import invocation
 
+    assumed = assumed_model(args)
     needed, stages = exact_halo(args.layers, args.integrator)
     halo = needed if args.halo == "auto" else args.halo
-    if halo < needed:
-        print(f"meshgnn partition: warning: halo {halo} < layers x stages = {args.layers} x {stages} = {needed}: "
-              "core outputs will need halo refreshes between stages/layers to be exact", file=sys.stderr)
+    model = (f"layers x stages = {args.layers} x {stages} = {needed}"
+             + (f" (assumed the training defaults {assumed}; pass the --layers and --integrator your model "
+                "trains with)" if assumed else ""))
     out = Path(args.out) if args.out else default_store_path(args.dataset)
     if out.resolve() == Path(args.dataset).resolve():
         raise InputError(out, None, "refusing to overwrite the dataset with the part store; choose another --out")
 
     t0 = time.perf_counter()
     with Dataset(args.dataset) as ds:
+        check_quick(ds)
         num_nodes = int(ds.num_nodes)
+        if halo > num_nodes:
+            raise InputError("--halo", None, f"expected 'auto' or a hop count <= {num_nodes} (the nodes of "
+                                             f"{args.dataset}; deeper halos add nothing), got {halo}")
         edge_index = ds.edge_index()
         points = ds.points if args.method == "rcb" else None
     try:
@@ -104,6 +129,11 @@ def run(args) -> int:
                                          edge_index=edge_index, method=args.method, halo=halo)
     except OSError as e:
         raise MeshgnnError(f"{out}: cannot write the part store ({e})") from None
+    if halo < needed:                                    # said once the part store is written
+        print(f"meshgnn partition: warning: halo {halo} < {model}: core outputs will need halo refreshes "
+              "between stages/layers to be exact", file=sys.stderr)
+    elif assumed and args.halo == "auto":
+        print(f"meshgnn partition: halo auto = {model}", file=sys.stderr)
     stats = partition_stats(summaries, edge_index, num_nodes, owner)
     print(format_stats(stats))
     print(f"{args.method} partition {t_part:.1f} s, total {time.perf_counter() - t0:.1f} s; "

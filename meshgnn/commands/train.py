@@ -1,4 +1,10 @@
-"""meshgnn train DATASET.h5 [options]: train a MeshGraphNet; under `mpirun -n R` the parts spread over ranks."""
+"""meshgnn train DATASET.h5 [options]: train a MeshGraphNet; under `mpirun -n R` the parts spread over ranks.
+
+Before training: options checked (meshgnn/config.py), the dataset's values get the quick checks
+(meshgnn/io/check.py), and rank 0 takes the ``--out`` folder (meshgnn/io/runfolder.py): a second writer is
+refused at once, a folder holding another run needs ``--resume`` or ``--overwrite``, temporary files left by a
+killed writer are deleted.
+"""
 from __future__ import annotations
 
 from ..config import add_dataclass_arguments, resolve
@@ -11,9 +17,35 @@ def add_arguments(p):
     p.add_argument("--backend", default="auto", help="torch.distributed backend under mpirun: auto|gloo|nccl")
 
 
+def prepare_run_folder(cfg) -> None:
+    """Refuse to mix runs in one folder; ``--overwrite`` deletes the old run's files; stale temps go."""
+    from pathlib import Path
+
+    from ..errors import MeshgnnError
+    from ..io.atomic import clean_stale_temps
+    from ..io.runfolder import holds_run
+
+    out = Path(cfg.out)
+    if cfg.resume and cfg.overwrite:
+        raise MeshgnnError("--resume and --overwrite exclude each other (continue the run, or replace it)")
+    present = holds_run(out)
+    if present and not (cfg.resume or cfg.overwrite):
+        raise MeshgnnError(f"{out}: holds another run ({', '.join(present)}); pass --resume to continue it, "
+                           "--overwrite to replace it, or choose another --out")
+    if cfg.overwrite:
+        for name in present:
+            (out / name).unlink()
+    clean_stale_temps(out)
+
+
 def run(args) -> int:
+    import dataclasses
+
+    from ..provenance import write_run_json
     import json
 
+    from ..io.check import check_dataset_file
+    from ..io.runfolder import RunFolder
     from ..train import train
     from ._common import guard, make_comm
 
@@ -22,7 +54,12 @@ def run(args) -> int:
     set_backend(cfg.ops_backend)                 # the aggregation kernels every model call below uses
     comm = make_comm(args.backend)
     with guard(comm):
-        summary = train(cfg, comm)
+        check_dataset_file(cfg.dataset)
+        with RunFolder(cfg.out, "training run", enabled=comm.is_root):
+            if comm.is_root:
+                prepare_run_folder(cfg)
+                write_run_json(cfg.out, dataclasses.asdict(cfg))
+            summary = train(cfg, comm)
     if comm.is_root:
         print(json.dumps({k: v for k, v in summary.items()}, default=str))
         state = "stopped early (SIGTERM or --max-minutes), checkpoint saved" if summary["stopped"] else "done"
