@@ -187,12 +187,8 @@ def _same_mesh(ref: dict, data, where: str) -> None:
     for key in ("points", "node_type", "edges"):
         if ref[key].shape != other[key].shape or not np.array_equal(ref[key], other[key]):
             raise MeshgnnError(f"{where}: {key} differs from the first frame's (one dataset holds one mesh)")
-    if [_spec_key(f) for f in ref["fields"]] != [_spec_key(f) for f in other["fields"]]:
+    if ref["fields"] != other["fields"]:                   # FieldSpec: frozen dataclasses, compared by value
         raise MeshgnnError(f"{where}: fields differ from the first frame's")
-
-
-def _spec_key(spec: FieldSpec) -> tuple:
-    return (spec.name, spec.role, spec.components, spec.units)
 
 
 def write_dataset(path, frames, provenance: dict | None = None) -> Path:
