@@ -61,12 +61,24 @@ def atomic_path(path, suffix: str = ".tmp"):
         raise
 
 
-def graph_fingerprint(edge_index) -> str:
-    """Hex blake2b-128 digest of a ``(2, E)`` edge list as int64 (order matters: use the receiver-sorted list)."""
-    ei = np.ascontiguousarray(edge_index, dtype=np.int64)
+def graph_fingerprint(edge_index, chunk: int = 1 << 22) -> str:
+    """Hex blake2b-128 digest of a ``(2, E)`` edge list as int64 (order matters: use the receiver-sorted list).
+
+    ``edge_index`` may be any 2-D array-like with ``shape`` and slicing (an ``h5py`` dataset): it is read
+    ``chunk`` entries at a time, so hashing a stored edge list needs no copy of it in memory.
+    """
+    if not hasattr(edge_index, "shape"):
+        edge_index = np.asarray(edge_index)
+    shape = tuple(int(x) for x in edge_index.shape)
     h = hashlib.blake2b(digest_size=16)
-    h.update(np.array(ei.shape, dtype=np.int64).tobytes())
-    h.update(memoryview(ei.reshape(-1)).cast("B"))
+    h.update(np.array(shape, dtype=np.int64).tobytes())
+    if len(shape) != 2:
+        h.update(memoryview(np.ascontiguousarray(edge_index, dtype=np.int64).reshape(-1)).cast("B"))
+        return h.hexdigest()
+    for row in range(shape[0]):                   # row-major bytes: all of row 0, then row 1
+        for a in range(0, shape[1], chunk):
+            block = np.ascontiguousarray(edge_index[row, a:a + chunk], dtype=np.int64)
+            h.update(memoryview(block).cast("B"))
     return h.hexdigest()
 
 
@@ -177,7 +189,9 @@ class PartStore:
                            self.halo)
 
     def check_graph(self, edge_index, num_nodes: int | None = None) -> None:
-        """Raise :class:`StoreError` (one line) unless ``edge_index`` is the graph this store was cut from."""
+        """Raise :class:`StoreError` (one line) unless ``edge_index`` is the graph this store was cut from.
+
+        ``edge_index``: ``(2, E)`` array, or a stored edge list (``h5py`` dataset) hashed chunk by chunk."""
         e = int(np.shape(edge_index)[1])
         problem = None
         if num_nodes is not None and int(num_nodes) != self.num_nodes:

@@ -19,6 +19,7 @@ ranks in contiguous blocks (:func:`assign_parts`). ``halo_mode``:
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -52,6 +53,23 @@ def assign_parts(core_counts: list[int], size: int) -> list[list[int]]:
         cuts.append(c)
     cuts.append(n)
     return [list(range(cuts[r], cuts[r + 1])) for r in range(size)]
+
+
+@contextlib.contextmanager
+def graph_edges(ds):
+    """The dataset's ``(2, E)`` edge list to fingerprint: the stored ``/mesh/edges`` as a lazy ``h5py`` dataset
+    (hashed in chunks: no rank holds the whole mesh's edges), else :meth:`Dataset.edge_index`."""
+    path = getattr(ds, "path", None)
+    f = None
+    if path is not None:
+        import h5py
+
+        f = h5py.File(path, "r")
+    try:
+        yield f["/mesh/edges"] if f is not None and "edges" in f["/mesh"] else ds.edge_index()
+    finally:
+        if f is not None:
+            f.close()
 
 
 # ------------------------------------------------------------------------------------------------------ patches
@@ -199,7 +217,8 @@ class LocalDomain:
         from .halo import StarForest
 
         store = parts if isinstance(parts, PartStore) else PartStore(parts)
-        store.check_graph(self.ds.edge_index())
+        with graph_edges(self.ds) as edges:
+            store.check_graph(edges)
         per_layer = self.halo_mode == "per-layer"
         need = 1 if per_layer else int(hops)
         if store.halo < need and not allow_inexact:

@@ -64,6 +64,14 @@ def test_two_rank_partitioned_rollout_equals_whole(trained, mode, halo):
     for (tw, yw), (tp, yp) in zip(whole, part):
         assert tw == tp
         np.testing.assert_allclose(yp, yw, rtol=1e-5, atol=1e-5 * np.abs(yw).max())
+    # RMSE per field from the ranks' reduced partial sums = the whole graph's (model and persistence)
+    from meshgnn.metrics import read_rmse_csv
+    for name in ("rmse.csv", "rmse_persistence.csv"):
+        fw, sw, rw = read_rmse_csv(d / "whole" / name)
+        fp, sp, rp = read_rmse_csv(out / name)
+        assert fw == fp and np.array_equal(sw, sp) and len(sw) == 21
+        for f in fw:
+            np.testing.assert_allclose(rp[f], rw[f], rtol=1e-4)
 
 
 def test_rollout_refuses_too_shallow_halo(trained):
