@@ -18,6 +18,7 @@ Configurations (names as printed):
 
     OMP_NUM_THREADS=2 python benchmarks/bench_memory.py --grid 22 --threads 2
     python benchmarks/bench_memory.py --device cuda --grid 40 80 --warmup 1
+    python benchmarks/bench_memory.py --gradients --grid 12        # gradient error against fp32
 """
 from __future__ import annotations
 
@@ -95,6 +96,29 @@ def probe(args) -> dict:
                 edges=problem[0].num_edges)
 
 
+def gradient_errors(args) -> None:
+    """Relative error ``|g - g_ref| / |g_ref|`` of the summed gradient (all parameters, one vector) of each
+    configuration against fp32 without checkpointing, same weights, inputs and loss, on ``--grid``."""
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    problem = make_problem(args.grid[0], device=device)
+    graph, xn, xe, target = problem
+
+    def grad(name):
+        torch.manual_seed(0)
+        model = MeshGraphNet(NODE_IN, EDGE_IN, NODE_OUT, **model_options(name)).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name.split()[-1] == "bf16"):
+            out = model(xn, graph, edge_features=xe)
+        torch.nn.functional.mse_loss(out.float(), target).backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
+
+    ref = grad("fp32")
+    print(f"# {args.grid[0]}^3 grid, MGN 15 x 128: relative error of the summed gradient against fp32 "
+          f"(|ref| = {float(ref.norm()):.4g})")
+    for name in args.configs or ["ckpt", "seg 15", "seg 4", "seg 15 c16", "seg 4 c16", "seg 3 c16", "bf16"]:
+        print(f"{name:18s} {float((grad(name) - ref).norm() / ref.norm()):.3e}", flush=True)
+
+
 def run_probe(name: str, grid: int, args) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--grid", str(grid), "--threads", str(args.threads),
@@ -127,8 +151,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per probe")
     p.add_argument("--warmup", type=int, default=0, help="untimed steps before the measured one")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--gradients", action="store_true",
+                   help="instead: relative gradient error of each configuration against fp32 (in this process)")
     p.add_argument("--probe", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.gradients:
+        gradient_errors(args)
+        return 0
     if args.probe:
         print(json.dumps(probe(args)))
         return 0

@@ -270,7 +270,7 @@ class TrainConfig:
                                                                          "--checkpoint-segments layers",
                                                                  "choices": ["float32", "bfloat16"]})
     memory_budget: str = field(default="", metadata={"help": "GiB one patch's training step may use, or 'auto' "
-                                                             "(CUDA: 90% of the card, CPU: 80% of available RAM): "
+                                                             "(CUDA: 0.9 x the card, CPU: 0.8 x available RAM): "
                                                              "picks the checkpoint plan per patch (meshgnn/plan.py) "
                                                              "and says which; overrides the checkpoint flags; "
                                                              "empty: off"})
