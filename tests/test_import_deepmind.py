@@ -271,3 +271,10 @@ def test_nan_in_a_step_is_named(tmp_path):
                                          r"first: node 5"):
         import_deepmind(folder, tmp_path / "nan.h5", build_options(), report=lambda s: None)
     assert not (tmp_path / "nan.h5").exists()
+
+
+def test_missing_tfrecord_package_is_a_one_line_error(cylinder, tmp_path, capsys, monkeypatch):
+    folder, _ = cylinder
+    for name in ("tfrecord", "tfrecord.writer", "tfrecord.example_pb2"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)      # as if not installed
+    assert "needs the 'tfrecord' package" in _cli_error(capsys, folder, tmp_path / "m.h5")

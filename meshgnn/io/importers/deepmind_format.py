@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, MeshgnnError
 
 FIELD_TYPES = ("static", "dynamic", "dynamic_varlen")
 DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
@@ -102,15 +102,25 @@ def split_path(source, split: str) -> tuple[Path, Path]:
     return folder, file
 
 
+def _tfrecord():
+    """The ``tfrecord`` package (a meshgnn dependency; a one-line error where an install lacks it)."""
+    try:
+        import tfrecord
+        import tfrecord.example_pb2
+        import tfrecord.writer
+    except ImportError as e:
+        raise MeshgnnError(f"reading DeepMind datasets needs the 'tfrecord' package ({e}); pip install "
+                           f"'tfrecord>=1.14'") from None
+    return tfrecord
+
+
 def iter_records(path) -> Iterator[tuple[int, bytes]]:
     """``(index, payload)`` of every record of a TFRecord file, checking both CRCs and the framing.
 
     Read here rather than by ``tfrecord.reader.tfrecord_iterator``, which does not check the checksums: a damaged
     record must be named, not imported. The CRCs are the ``tfrecord`` package's (``TFRecordWriter.masked_crc``).
     """
-    from tfrecord.writer import TFRecordWriter
-
-    crc = TFRecordWriter.masked_crc
+    crc = _tfrecord().writer.TFRecordWriter.masked_crc
     with open(path, "rb") as fh:
         k = 0
         while True:
@@ -139,8 +149,8 @@ def decode_record(payload: bytes, meta: Meta, path, index: int, names=None) -> d
     """The fields of one record: ``{name: array}`` shaped by ``meta.json`` (``-1`` resolved), or for
     ``dynamic_varlen`` a list of per-step arrays. ``names``: decode only these (default: all)."""
     from google.protobuf.message import DecodeError
-    from tfrecord import example_pb2
 
+    example_pb2 = _tfrecord().example_pb2
     where = f"record {index}"
     try:
         ex = example_pb2.Example.FromString(payload)
