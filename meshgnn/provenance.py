@@ -85,22 +85,6 @@ def write_run_json(folder, settings: dict | None = None, name: str = RUN_FILE) -
     return path
 
 
-def run_settings(args) -> tuple[Path, dict] | None:
-    """``(output folder, resolved settings)`` of a ``train`` / ``rollout`` invocation (defaults < ``--config``
-    file < flags, as the command resolves them); None for the other commands."""
-    import dataclasses
-
-    from . import config
-
-    if args.command == "train":
-        cfg = config.resolve(config.TrainConfig, args, dataset=args.dataset)
-    elif args.command == "rollout":
-        cfg = config.resolve(config.RolloutConfig, args, checkpoint=args.checkpoint, dataset=args.dataset)
-    else:
-        return None
-    return Path(cfg.out), dataclasses.asdict(cfg)
-
-
 def read_run_json(folder, name: str = RUN_FILE) -> dict:
     """The ``run.json`` of a run folder."""
     return json.loads((Path(folder) / name).read_text())

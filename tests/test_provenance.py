@@ -2,10 +2,10 @@
 parses back to the same options and re-running it rebuilds the same dataset."""
 from __future__ import annotations
 
+import json
 import shlex
 
 import h5py
-import json
 import numpy as np
 
 from meshgnn import provenance
@@ -62,21 +62,25 @@ def test_partition_store_and_generate_keep_the_command(tmp_path):
     assert meta["provenance"]["options"]["layers"] == 2 and meta["provenance"]["threads"] == 1
 
 
-def test_run_json_has_resolved_settings_and_history(tmp_path, monkeypatch):
+def test_run_json_has_resolved_settings_and_history(tmp_path):
+    import dataclasses
+
+    from meshgnn.config import TrainConfig, resolve
+
     out = tmp_path / "run"
     cfg = tmp_path / "c.toml"
     cfg.write_text("latent = 48\n")
-    args = build_parser().parse_args(["train", "d.h5", "--out", str(out), "--layers", "3", "--config", str(cfg)])
-    provenance.record(["train", "d.h5", "--out", str(out), "--layers", "3", "--config", str(cfg)], args)
-    folder, settings = provenance.run_settings(args)
-    assert folder == out and settings["layers"] == 3 and settings["latent"] == 48   # flag and file resolved
-    provenance.write_run_json(folder, settings)
-    provenance.write_run_json(folder, {**settings, "resume": True})
+    argv = ["train", "d.h5", "--out", str(out), "--layers", "3", "--config", str(cfg)]
+    args = build_parser().parse_args(argv)
+    provenance.record(argv, args)
+    settings = dataclasses.asdict(resolve(TrainConfig, args, dataset="d.h5"))
+    assert settings["layers"] == 3 and settings["latent"] == 48                       # flag and file resolved
+    provenance.write_run_json(out, settings)
+    provenance.write_run_json(out, {**settings, "resume": True})
     run = provenance.read_run_json(out)
     assert run["settings"]["resume"] is True and run["settings"]["latent"] == 48
     assert len(run["history"]) == 1 and run["history"][0]["settings"]["resume"] is False
-    assert "--layers 3" in run["command"]
-    assert provenance.run_settings(build_parser().parse_args(["info", "x.h5"])) is None
+    assert "--layers 3" in run["command"] and run["argv"] == argv
     assert provenance.is_root_process({"OMPI_COMM_WORLD_RANK": "0"})
     assert not provenance.is_root_process({"SLURM_PROCID": "3"})
     assert provenance.is_root_process({})
