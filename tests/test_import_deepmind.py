@@ -125,6 +125,8 @@ def test_skip_limit_state_and_ids(cylinder, tmp_path):
         assert ds.trajectories == ["c"] and ds.state_fields == ["pressure"] and ds.static_fields == ["velocity"]
         np.testing.assert_array_equal(ds.read("c", "velocity"), trajs[2]["velocity"][0].astype(np.float32))
         np.testing.assert_array_equal(ds.read("c", "pressure", 4), trajs[2]["pressure"][4].astype(np.float32))
+    with pytest.raises(InputError, match=r"train\.tfrecord: record 3: no such record \(the file holds fewer than 4\)"):
+        import_deepmind(folder, tmp_path / "none.h5", build_options(), skip=3, report=lambda s: None)
 
 
 def test_records_with_different_meshes_are_refused_then_imported_one_by_one(tmp_path):
