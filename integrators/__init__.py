@@ -3,7 +3,7 @@
     from meshgnn.integrators import get_method, rk_step
     y_next = rk_step(model_rate, y, "heun3", dt=1.0, constrain=impose_dirichlet)
 
-Methods are data (:class:`Tableau`); :func:`rk_step` is the one stepper. See DESIGN.md §4.
+Methods are data (:class:`Tableau`); :func:`rk_step` is the one stepper. See docs/design.md, "Integrators".
 """
 from .methods import METHODS, get_method, receptive_field_hops
 from .stepper import integrate, rk_stages, rk_step

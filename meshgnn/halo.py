@@ -24,7 +24,7 @@ and keeps that list as its send list. Message order = the requester's order, so 
 
 Halo depth: parts built with ``halo = h`` have leaves at hops ``1..h``. ``depth=None`` covers them all (rollout
 refreshes an ``s·L``-hop halo once per stage or step); ``depth=1`` only the first ring (per-layer exchange
-before every message-passing layer with 1-hop parts, DESIGN §3).
+before every message-passing layer with 1-hop parts, docs/design.md, "Halo modes").
 
 Usage::
 

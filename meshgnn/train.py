@@ -3,7 +3,7 @@
 One optimizer step takes one (trajectory, time) sample — the same on every rank, drawn from (seed, step) — and
 runs forward/backward over this rank's patches with gradients accumulated. Each patch's loss sums over its
 *core*, non-prescribed nodes and is divided by the *global* count of such nodes, so the sum of patch gradients is
-the whole-graph gradient (DESIGN §2). Then one all-reduce of one gradient bucket, one optimizer step.
+the whole-graph gradient (docs/design.md, "Exactness"). Then one all-reduce of one gradient bucket, one optimizer step.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Patch training is *mathematically equivalent* to whole-graph training (DESIGN §2).
+"""Patch training is *mathematically equivalent* to whole-graph training (docs/design.md, "Exactness").
 
 With halo depth h >= L x stages, the core outputs of every patch equal the whole graph's outputs and the sum
 of the patches' parameter gradients equals the whole-graph gradient — with noise on, for forward Euler and a

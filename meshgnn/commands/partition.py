@@ -1,7 +1,7 @@
 """meshgnn partition: cut a dataset's mesh graph into parts with halos and write ``<dataset>.parts.h5``.
 
 The halo depth defaults to the receptive field of one time step, ``layers x stages`` of the integrator, so each
-part's core outputs are exact without communication (DESIGN.md §2).
+part's core outputs are exact without communication (docs/design.md, "Exactness").
 """
 from __future__ import annotations
 
