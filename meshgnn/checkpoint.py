@@ -208,6 +208,10 @@ def check_dataset(state: dict, ds, path="checkpoint") -> None:
     for name, comps in zip(lay["state_fields"] + lay["static_fields"], lay["state_components"] + lay["static_components"]):
         if ds.fields[name].components != comps:
             raise InputError(path, name, f"checkpoint expects {comps} components, dataset has {ds.fields[name].components}")
+    dim, have_dim = int(lay.get("dim", 3)), int(getattr(ds, "dim", 3))
+    if dim != have_dim:
+        raise InputError(path, "layout.dim", f"checkpoint was trained on a {dim}-D mesh, dataset "
+                                             f"{getattr(ds, 'path', '')} is {have_dim}-D")
 
 
 def check_compatible(state: dict, trainer, path="checkpoint") -> None:
