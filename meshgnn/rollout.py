@@ -185,7 +185,8 @@ def rollout(cfg: RolloutConfig, comm=None, return_fields: bool = False) -> dict:
     """Run ``meshgnn rollout``: frames ``cfg.start .. cfg.start + steps`` written, RMSE per field to CSV/PNG.
 
     Returns (rank 0's view) ``{"trajectory", "start", "steps", "seconds_per_step", "out", "rmse",
-    "rmse_persistence", "pvd", "png", "peak_cuda_mib"}`` (metrics where the data has the frames), plus
+    "rmse_persistence", "pvd", "png", "peak_cuda_mib", "bytes_sent"}`` (metrics where the data has the frames;
+    ``bytes_sent``: this rank's, halo + piece boundaries + reductions), plus
     ``"fields"``: ``(steps + 1, N, C) float32`` predicted states when ``return_fields`` (one process only).
     """
     comm = comm or Dist()
@@ -210,7 +211,7 @@ def rollout(cfg: RolloutConfig, comm=None, return_fields: bool = False) -> dict:
     finally:
         sink.close()
     result = dict(trajectory=run.traj, start=run.start, steps=run.steps, seconds_per_step=t_model / run.steps,
-                  out=str(out))
+                  out=str(out), bytes_sent=sink.bytes_sent())
     if run.device.type == "cuda":
         result["peak_cuda_mib"] = peak_gpu_mib(run.device)
     if fields is not None:
@@ -240,6 +241,7 @@ def _open_run(cfg: RolloutConfig, comm) -> _Run:
         from .memory import keep_freed_memory
         keep_freed_memory()
     sim, state = load_simulator(cfg.checkpoint, device=device)
+    sim.clamp = cfg.clamp
     if cfg.compile:
         sim.compile_model()
     ds = Dataset(cfg.dataset)
@@ -318,6 +320,11 @@ class _Outputs:
             ref = _in_node_order(fr.ids, fr.ref) if fr.ref is not None else None
             self.writer.write_step(fr.step, fr.time, _frame_data(_in_node_order(fr.ids, fr.pred), ref, self.names,
                                                                  self.comps))
+
+    def bytes_sent(self) -> int:
+        """Bytes this rank has sent to others: halo refreshes, piece boundaries and the metric reductions."""
+        return (self.run.domain.bytes_exchanged + (self.pieces.bytes_exchanged if self.pieces is not None else 0)
+                + int(getattr(self.comm, "bytes_allreduced", 0)))
 
     def close(self) -> None:
         for w in (self.pieces, self.writer):
