@@ -155,3 +155,28 @@ def test_component_mask_broadcasts_a_row_mask(box_dataset, sim64):
     nt = torch.from_numpy(np.asarray(Dataset(box_dataset).node_type, np.int64))
     m = component_mask(sim64, nt)
     assert m.shape == (nt.numel(), 2) and m.any() and not m.all()
+
+
+def test_rollout_command_from_a_start_frame_returns_fields(box_dataset, tmp_path):
+    """``rollout(cfg, return_fields=True)`` with ``start=2``: frames 2..4 written (plain .vtu, one process), the
+    returned (steps+1, N, C) array starts with the data's frame 2, and the RMSE CSV counts steps from there."""
+    from meshgnn.config import RolloutConfig, TrainConfig
+    from meshgnn.io.vtk import read_pvd
+    from meshgnn.metrics import read_rmse_csv
+    from meshgnn.rollout import rollout
+    from meshgnn.train import train
+    from test_train import SMALL
+
+    ckpt = train(TrainConfig(dataset=str(box_dataset), out=str(tmp_path / "t"), steps=1, **SMALL))["checkpoint"]
+    out = tmp_path / "r"
+    res = rollout(RolloutConfig(checkpoint=str(ckpt), dataset=str(box_dataset), out=str(out), trajectory=TRAJ,
+                                start=2, steps=2, render=False, progress=False), return_fields=True)
+    ds = Dataset(box_dataset)
+    assert res["start"] == 2 and res["steps"] == 2 and res["fields"].shape == (3, ds.num_nodes, 2)
+    np.testing.assert_array_equal(res["fields"][0], ds.read_state(TRAJ, 2))
+    assert not np.allclose(res["fields"][2], ds.read_state(TRAJ, 4))            # the model's, not the data's
+    entries = read_pvd(out / "rollout.pvd")
+    assert [t for t, _ in entries] == pytest.approx(list(ds.times(TRAJ)[2:5]))
+    assert all(f.suffix == ".vtu" for _, f in entries)
+    _, steps, rmse = read_rmse_csv(out / "rmse.csv")
+    assert steps.tolist() == [1, 2] and res["rmse"]["co2"]["1"] == pytest.approx(rmse["co2"][0])
