@@ -104,7 +104,7 @@ def run(args) -> int:
 def print_summary(res: dict) -> None:
     from ..metrics import format_summary
 
-    print(f"rollout: trajectory {res['trajectory']}, {res['steps']} steps, "
+    print(f"rollout: trajectory {res['trajectory']}, {res['steps']} steps from frame {res.get('start', 0)}, "
           f"{res['seconds_per_step']:.3f} s/step (model)"
           + (f", peak GPU memory {res['peak_cuda_mib'] / 1024:.1f} GiB" if "peak_cuda_mib" in res else ""))
     if "rmse" in res:
