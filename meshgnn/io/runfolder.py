@@ -91,7 +91,7 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def holds_run(folder, names=("checkpoint.pt", "best.pt", "train_log.csv")) -> list[str]:
+def holds_run(folder, names=("checkpoint.pt", "best.pt", "train_log.csv", "val_log.csv")) -> list[str]:
     """The run files present in ``folder`` (a previous training's checkpoint or log)."""
     folder = Path(folder)
     return [n for n in names if (folder / n).exists()]
