@@ -600,3 +600,34 @@ def test_sigkill_soak_every_surviving_checkpoint_loads_and_resumes(run, tmp_path
            f"kill, 0 unloadable, steps "
            f"{steps_seen}; then --resume to {final}: exit 0", seconds)
     assert kills >= 20 and len(steps_seen) >= 15 and steps_seen[-1] > steps_seen[0]
+
+
+@pytest.mark.mpi
+def test_sigusr1_to_mpirun_stops_the_job_gracefully(run, tmp_path):
+    """`mpirun` ends a job at once on SIGTERM (exit 1; the ranks never see it, their output is lost) but forwards
+    SIGUSR1, which `meshgnn train` takes as SIGTERM: every rank stops after the same step, the checkpoint is
+    saved, rank 0 says so, exit 0."""
+    from conftest import mpi_env, mpirun_cmd
+    from test_exactness import make_store
+
+    store = make_store(run["ds"], tmp_path, halo=2, nparts=2)
+    out = tmp_path / "mt"
+    argv = ["train", str(run["ds"]), "--parts", str(store), "--out", str(out), "--steps", "100000",
+            "--checkpoint-every", "5", *CLI_SMALL]
+    proc = subprocess.Popen(mpirun_cmd(2) + [PY, "-m", "meshgnn.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=mpi_env())
+    try:
+        deadline = time.time() + 240
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGUSR1)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    line = next((ln for ln in output.splitlines() if "stopped early" in ln), "")
+    record("SIGUSR1 to mpirun during training (mpirun -n 2)", argv, proc.returncode, line)
+    assert proc.returncode == 0 and line, output[-3000:]
+    step = load(out / "checkpoint.pt")["trainer"]["step"]
+    assert f"{step} steps" in line

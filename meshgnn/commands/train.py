@@ -38,11 +38,22 @@ def prepare_run_folder(cfg) -> None:
     clean_stale_temps(out)
 
 
+def stop_on_usr1() -> None:
+    """SIGUSR1 acts as SIGTERM: checkpoint and stop after the current step. ``mpirun`` ends the whole job at once
+    on SIGTERM (the ranks never see it) but forwards SIGUSR1: ``kill -USR1 <mpirun pid>`` stops gracefully."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+
+
 def run(args) -> int:
     import dataclasses
+    import json
 
     from ..provenance import write_run_json
-    import json
 
     from ..io.check import check_dataset_file
     from ..io.runfolder import RunFolder
@@ -52,6 +63,7 @@ def run(args) -> int:
     cfg = resolve(TrainConfig, args, dataset=args.dataset)
     from ..ops import set_backend
     set_backend(cfg.ops_backend)                 # the aggregation kernels every model call below uses
+    stop_on_usr1()
     comm = make_comm(args.backend)
     with guard(comm):
         check_dataset_file(cfg.dataset)
