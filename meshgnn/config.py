@@ -199,15 +199,6 @@ def resolve(cls, args: argparse.Namespace, **extra):
     return cls(**values)
 
 
-def check_values(cfg) -> None:
-    """Check every field of a config object built in code (defaults, ``dataclasses.replace``) like a flag."""
-    for f in dataclasses.fields(cfg):
-        try:
-            convert_value(type(cfg), f, getattr(cfg, f.name))
-        except ValueError as e:
-            raise InputError(f"{type(cfg).__name__}.{f.name}", None, str(e)) from None
-
-
 # ----------------------------------------------------------------------------- the run configurations
 @dataclass
 class TrainConfig:
