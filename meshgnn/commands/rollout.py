@@ -27,8 +27,9 @@ def estimate_output_bytes(ds, steps: int, every: int, formats, state_components:
     (float32) and, for .vtu/.pvtu files, the mesh again (points, connectivity, offsets, types, node types)."""
     n = ds.num_nodes
     frames = steps // max(every, 1) + 2                    # step 0, every K-th, the last
-    cells = ds.cells
-    mesh = n * (3 * 8 + 4) + sum(int(c.shape[0]) * (c.shape[1] * 8 + 8 + 1) for c in cells.values())
+    from ..io.dataset import CELL_NODES
+
+    mesh = n * (3 * 8 + 4) + sum(m * (CELL_NODES[t] * 8 + 8 + 1) for t, m in ds.cell_counts().items())
     fields = n * 3 * state_components * 4
     total = 0
     for fmt in formats:

@@ -355,6 +355,10 @@ class Dataset:
         return np.concatenate([self.read(traj, f, None, nodes) for f in self.static_fields], axis=1)
 
     # ---------------------------------------------------------------- housekeeping
+    def cell_counts(self) -> dict[str, int]:
+        """``{cell type: M}`` from the stored shapes (no cell is read)."""
+        return {k: int(v.shape[0]) for k, v in self._f["/mesh/cells"].items()}
+
     def stored_dtype(self, where: str) -> np.dtype | None:
         """The on-disk dtype of the HDF5 dataset ``where`` (e.g. ``/mesh/points``); ``None`` when absent."""
         obj = self._f.get(where)
