@@ -128,7 +128,7 @@ def run(args) -> int:
             summaries = write_part_store(out, bar.track(iter_parts(edge_index, num_nodes, owner, halo)), owner, meta,
                                          edge_index=edge_index, method=args.method, halo=halo)
     except OSError as e:
-        raise MeshgnnError(f"{out}: cannot write the part store ({e})") from None
+        raise MeshgnnError(f"{out}: cannot write the part store ({e.strerror or str(e).splitlines()[0]})") from None
     if halo < needed:                                    # said once the part store is written
         print(f"meshgnn partition: warning: halo {halo} < {model}: core outputs will need halo refreshes "
               "between stages/layers to be exact", file=sys.stderr)
