@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from .errors import InputError
 
 # Calibration (benchmarks/RESULTS.md "Memory per node": 22^3 and 40^3 grids, 15 x 128, CPU peak RSS growth).
-A_NONE = 6.0        # (E, H) fp32 intermediates kept per block without checkpointing
-W_LAYERS = 7.0      # working set of torch's per-block recompute, in (E, H) fp32 units
-W_SEGMENTS = 3.0    # working set of the chunked block backward, in (E, H) fp32 units
+# 22^3 fp32: 4894 MiB -> A = 4.2; ckpt: 1662 MiB -> W_t = 7.4; seg 15 (fp32 storage): 1318 MiB -> W_s = 1.1.
+A_NONE = 4.2        # (E, H) fp32 intermediates kept per block without checkpointing
+W_LAYERS = 7.4      # working set of torch's per-block recompute, in (E, H) fp32 units
+W_SEGMENTS = 1.1    # working set of the chunked block backward, in (E, H) fp32 units
 V_NONE = 8.0        # node units per block without checkpointing
 V_LAYERS = 1.0      # node units per block, torch checkpoint (x_l)
 V_SEGMENTS = 2.0    # node units per block, segments (x_l, agg_l; times the storage factor)

@@ -51,12 +51,15 @@ def test_chunks_partition_the_edges_on_row_boundaries():
     graph = graph_of(5)
     chunks = edge_chunks(graph, 100)
     assert len(chunks) > 3
-    assert chunks[0][0] == 0 and chunks[-1][1] == graph.num_edges
-    for (_, p1, _), (q0, _, _) in zip(chunks[:-1], chunks[1:]):
-        assert p1 == q0
-        assert graph.receivers[p1 - 1] < graph.receivers[q0]      # a row never straddles two chunks
-    for p0, p1, cg in chunks:
-        assert int(cg.rowptr[-1]) == p1 - p0 and int(cg.rowptr[0]) == 0
+    assert chunks[0].p0 == 0 and chunks[-1].p1 == graph.num_edges
+    for a, b in zip(chunks[:-1], chunks[1:]):
+        assert a.p1 == b.p0 and a.r1 <= b.r0                   # a row never straddles two chunks
+    for ch in chunks:
+        cg = ch.graph
+        assert int(cg.rowptr[-1]) == ch.p1 - ch.p0 and int(cg.rowptr[0]) == 0
+        assert cg.num_nodes == ch.hi - ch.lo < graph.num_nodes   # a node window, not the whole graph
+        assert torch.equal(cg.senders + ch.lo, graph.senders[ch.p0:ch.p1])
+        assert torch.equal(cg.receivers + ch.lo, graph.receivers[ch.p0:ch.p1])
 
 
 def test_many_small_chunks_still_exact():

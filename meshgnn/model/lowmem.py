@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -40,12 +40,25 @@ STORAGE = ("float32", "bfloat16")
 _CHUNKS: dict = {}   # id(graph.rowptr) -> (weakref to it, {edges_per_chunk: chunks}); entries die with the rowptr
 
 
-def edge_chunks(graph: Graph, edges_per_chunk: int) -> list[tuple[int, int, Graph]]:
-    """Receiver-aligned edge ranges ``(p0, p1, chunk graph)`` of about ``edges_per_chunk`` edges each.
+class Chunk(NamedTuple):
+    """Edges ``p0:p1`` (all incoming edges of rows ``r0:r1``) on the node window ``lo:hi`` that holds their senders
+    and receivers; ``graph`` is the chunk's graph on that window (local node ids)."""
 
-    A chunk graph keeps all N nodes (its ``rowptr`` is the full one shifted and clipped to the chunk), so
-    ``ops.gather_add`` reads the full ``(N, H)`` projections and ``ops.segment_sum`` returns an ``(N, H)`` sum that is
-    zero outside the chunk's rows: summing the chunks' sums is bit-identical to one segment sum. Cached per graph.
+    p0: int
+    p1: int
+    r0: int
+    r1: int
+    lo: int
+    hi: int
+    graph: Graph
+
+
+def edge_chunks(graph: Graph, edges_per_chunk: int) -> list[Chunk]:
+    """Receiver-aligned edge chunks of about ``edges_per_chunk`` edges each, cached per graph.
+
+    Each chunk's graph spans only the node window of its edges (for a mesh numbered along space, a thin slab),
+    so per-chunk aggregation and gathers touch ``(hi - lo, H)`` node rows, not all N; a row's edges never straddle
+    two chunks, so the chunks' segment sums are the rows of one segment sum, bit for bit.
     """
     key = id(graph.rowptr)
     entry = _CHUNKS.get(key)
@@ -63,8 +76,11 @@ def edge_chunks(graph: Graph, edges_per_chunk: int) -> list[tuple[int, int, Grap
     bounds = sorted({0, E} | {int(rowptr_cpu[r]) for r in rows.tolist()})
     chunks = []
     for p0, p1 in zip(bounds[:-1], bounds[1:]):
-        rp = (graph.rowptr - p0).clamp(0, p1 - p0)
-        chunks.append((p0, p1, Graph(graph.senders[p0:p1], graph.receivers[p0:p1], rp, graph.num_nodes)))
+        s, r = graph.senders[p0:p1], graph.receivers[p0:p1]
+        r0, r1 = int(r[0]), int(r[-1]) + 1
+        lo, hi = min(int(s.min()), r0), max(int(s.max()) + 1, r1)
+        rp = (graph.rowptr[lo:hi + 1] - p0).clamp(0, p1 - p0)
+        chunks.append(Chunk(p0, p1, r0, r1, lo, hi, Graph(s - lo, r - lo, rp, hi - lo)))
     per[edges_per_chunk] = chunks
     return chunks
 
@@ -78,7 +94,8 @@ def _projections(block, x: torch.Tensor):
 
 
 def _edge_tail(block, x, a, b, e_chunk: torch.Tensor, cg: Graph) -> torch.Tensor:
-    """The edge MLP output ``(e1 - e0, H)`` of one chunk (same operations as ``GraphNetBlock._update_edges``)."""
+    """The edge MLP output ``(p1 - p0, H)`` of one chunk from the node-window rows ``x`` (no concat trick) or
+    ``a, b`` (concat trick) — the operations of ``GraphNetBlock._update_edges``."""
     first, rest = block.edge_mlp[0], block.edge_mlp[1:]
     if block.concat_trick:
         H = block.latent
@@ -88,21 +105,26 @@ def _edge_tail(block, x, a, b, e_chunk: torch.Tensor, cg: Graph) -> torch.Tensor
     return rest(h)
 
 
+def _window(t, ch: Chunk):
+    return None if t is None else t[ch.lo:ch.hi]
+
+
 def _new_edges(block, x, e, chunks, with_agg: bool, out_dtype=None):
     """``e + edge_mlp(...)`` ``(E, H)`` chunk by chunk (in ``out_dtype``, default the sum's dtype), and the aggregate
     ``(N, H)`` of the edge MLP outputs. ``e`` may be stored compactly: each chunk is read in ``x``'s dtype."""
     a, b = _projections(block, x)
     e_next, agg = None, None
-    for p0, p1, cg in chunks:
-        ec = e[p0:p1].to(x.dtype)
-        ne = _edge_tail(block, x, a, b, ec, cg)
+    for ch in chunks:
+        ec = e[ch.p0:ch.p1].to(x.dtype)
+        ne = _edge_tail(block, _window(x, ch), _window(a, ch), _window(b, ch), ec, ch.graph)
         if with_agg:
-            s = ops.segment_sum(ne, cg.rowptr)
-            agg = s if agg is None else agg + s
+            if agg is None:
+                agg = ne.new_zeros((x.shape[0],) + tuple(ne.shape[1:]))
+            agg[ch.r0:ch.r1] = ops.segment_sum(ne, ch.graph.rowptr)[ch.r0 - ch.lo:ch.r1 - ch.lo]
         piece = ec + ne
         if e_next is None:
             e_next = piece.new_empty((e.shape[0],) + tuple(piece.shape[1:]), dtype=out_dtype or piece.dtype)
-        e_next[p0:p1] = piece
+        e_next[ch.p0:ch.p1] = piece
         del ec, ne, piece
     return e_next, agg
 
@@ -118,17 +140,26 @@ def _block_backward(block, x_s, e_s, agg_s, gx, ge, chunks, dtype, own_ge: bool)
     del agg, new_x
     if block.concat_trick:
         a, b = _projections(block, x)
-        a_d, b_d = a.detach().requires_grad_(), b.detach().requires_grad_()
+        nodes = (a.detach(), b.detach())
     else:
-        a = b = a_d = b_d = None
+        a = b = None
+        nodes = (x.detach(),)
+    g_nodes = [torch.zeros_like(t) for t in nodes]      # gradients of a, b (or of x through the gathers)
     ge_in = ge if own_ge else None
-    for p0, p1, cg in chunks:
+    for ch in chunks:
+        p0, p1 = ch.p0, ch.p1
+        leaves = [t[ch.lo:ch.hi].detach().requires_grad_() for t in nodes]
         ec = e_s[p0:p1].to(dtype).detach().requires_grad_()
-        ne = _edge_tail(block, x, a_d, b_d, ec, cg)
-        g_ne = g_agg[cg.receivers]
+        if block.concat_trick:
+            ne = _edge_tail(block, None, leaves[0], leaves[1], ec, ch.graph)
+        else:
+            ne = _edge_tail(block, leaves[0], None, None, ec, ch.graph)
+        g_ne = g_agg[ch.lo:ch.hi][ch.graph.receivers]
         if ge is not None:
             g_ne += ge[p0:p1]
         torch.autograd.backward(ne, g_ne.to(ne.dtype))
+        for g, leaf in zip(g_nodes, leaves):
+            g[ch.lo:ch.hi] += leaf.grad
         if ge_in is None:
             ge_in = torch.empty((e_s.shape[0],) + tuple(ec.grad.shape[1:]), dtype=ec.grad.dtype, device=ec.device)
         if ge is None:
@@ -137,10 +168,11 @@ def _block_backward(block, x_s, e_s, agg_s, gx, ge, chunks, dtype, own_ge: bool)
             ge_in[p0:p1] += ec.grad
         else:
             torch.add(ge[p0:p1], ec.grad, out=ge_in[p0:p1])
-        del ne, g_ne, ec
+        del ne, g_ne, ec, leaves
     if a is not None:
-        torch.autograd.backward([a, b], [a_d.grad, b_d.grad])
-    return gx + x.grad, ge_in
+        torch.autograd.backward([a, b], g_nodes)
+        return gx + x.grad, ge_in
+    return gx + x.grad + g_nodes[0], ge_in
 
 
 class _Processor(torch.autograd.Function):
