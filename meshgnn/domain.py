@@ -72,6 +72,28 @@ def graph_edges(ds):
             f.close()
 
 
+def mesh_rows(ds, name: str, nodes: np.ndarray, block: int = 1 << 20) -> np.ndarray:
+    """Rows ``nodes`` (``(n,)`` global ids, any order) of the dataset's ``/mesh/<name>`` (``points``,
+    ``node_type``), read block by block so a rank never holds the whole mesh's array (in-memory datasets: the
+    attribute itself)."""
+    nodes = np.asarray(nodes, dtype=np.int64)
+    path = getattr(ds, "path", None)
+    if path is None:
+        return np.asarray(getattr(ds, name))[nodes]
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        d = f[f"/mesh/{name}"]
+        out = np.empty((nodes.size,) + d.shape[1:], dtype=d.dtype)
+        order = np.argsort(nodes, kind="stable")
+        sorted_nodes = nodes[order]
+        for a in range(0, d.shape[0], block):
+            lo, hi = np.searchsorted(sorted_nodes, [a, a + block])
+            if hi > lo:
+                out[order[lo:hi]] = d[a:a + block][sorted_nodes[lo:hi] - a]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ patches
 class PatchData:
     """One patch's tensors plus its frames, read from the dataset for this patch's nodes only.
@@ -102,9 +124,9 @@ class PatchData:
     def from_part(cls, ds, part, device, cache_bytes, dtype) -> "PatchData":
         nodes = np.asarray(part.nodes, dtype=np.int64)
         ei = np.asarray(part.edge_index, dtype=np.int64)
-        pts = np.asarray(ds.points)[nodes]
+        pts = mesh_rows(ds, "points", nodes).astype(np.float64, copy=False)
         t = PatchTensors(Graph.from_edge_index(ei, len(nodes)), edge_features(pts, ei[0], ei[1]).to(dtype),
-                         torch.from_numpy(np.asarray(ds.node_type, dtype=np.int64)[nodes]),
+                         torch.from_numpy(mesh_rows(ds, "node_type", nodes).astype(np.int64)),
                          torch.from_numpy(nodes), int(part.n_core))
         return cls(ds, t.to(device), nodes, int(part.part_id), cache_bytes, dtype)
 
@@ -232,7 +254,7 @@ class LocalDomain:
         counts = np.bincount(self.owner, minlength=store.num_parts).tolist()
         self.parts_of_rank = assign_parts(counts, self.comm.size)
         mine = self.parts_of_rank[self.comm.rank]
-        if not mine:
+        if not all(self.parts_of_rank):           # every rank sees it: all refuse before any collective
             raise MeshgnnError(f"{store.path}: {store.num_parts} parts cannot feed {self.comm.size} ranks; "
                                f"partition into at least {self.comm.size} parts")
         local = [store.read(p) for p in mine]

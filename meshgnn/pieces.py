@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from .domain import mesh_rows
 from .halo import StarForest
 from .io.vtk import PartitionedRolloutWriter
 
@@ -77,10 +78,10 @@ class RankPieces:
                                         dist=comm if comm.size > 1 else None)
         sort = np.argsort(self.nodes, kind="stable")
         local = {t: sort[np.searchsorted(self.nodes[sort], c)] for t, c in cells.items()}
-        static = {"node_type": np.asarray(ds.node_type)[self.nodes].astype(np.int32),
+        static = {"node_type": mesh_rows(ds, "node_type", self.nodes).astype(np.int32),
                   "part": np.asarray(domain.owner)[self.nodes].astype(np.int32)}
         self.writer = PartitionedRolloutWriter(
-            out_dir, comm.rank, comm.size, np.asarray(ds.points)[self.nodes], local, global_ids=self.nodes,
+            out_dir, comm.rank, comm.size, mesh_rows(ds, "points", self.nodes), local, global_ids=self.nodes,
             units=units, static_point_data=static, name=name, every=every, final_step=final_step, keep_last=False,
             barrier=comm.barrier if comm.size > 1 else None)
 
