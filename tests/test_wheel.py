@@ -184,3 +184,24 @@ def test_missing_torch_geometric_is_one_line_naming_the_extra(tmp_path, box_data
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(got["msgs"]) == 2 and all("meshgnn[pyg]" in m and "\n" not in m for m in got["msgs"]), got
     assert "pyg" not in got["available"] and "ours" in got["available"]
+
+
+def test_constraints_pin_every_requirement_the_makefile_installs():
+    """constraints.txt holds one exact pin per dependency of '.[test,mpi,pyg]', each inside pyproject's range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    reqs = [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["mpi"] + extras["pyg"]]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    for r in reqs:
+        version = pins.get(canonicalize_name(r.name))
+        assert version, f"constraints.txt: no pin for {r.name} (pyproject.toml requires {r})"
+        assert r.specifier.contains(version, prereleases=True), f"constraints.txt: {r.name}=={version} outside {r}"
