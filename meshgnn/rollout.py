@@ -185,7 +185,8 @@ def rollout(cfg: RolloutConfig, comm=None, return_fields: bool = False) -> dict:
     """Run ``meshgnn rollout``: frames ``cfg.start .. cfg.start + steps`` written, RMSE per field to CSV/PNG.
 
     Returns (rank 0's view) ``{"trajectory", "start", "steps", "seconds_per_step", "out", "rmse",
-    "rmse_persistence", "pvd", "png", "peak_cuda_mib", "bytes_sent"}`` (metrics where the data has the frames;
+    "rmse_persistence", "pvd", "png", "peak_cuda_mib", "bytes_sent", "excursion_pct"}`` (metrics where the data
+    has the frames; ``excursion_pct``: per field, how far the prediction left the training range, % of it;
     ``bytes_sent``: this rank's, halo + piece boundaries + reductions), plus
     ``"fields"``: ``(steps + 1, N, C) float32`` predicted states when ``return_fields`` (one process only).
     """
@@ -211,7 +212,7 @@ def rollout(cfg: RolloutConfig, comm=None, return_fields: bool = False) -> dict:
     finally:
         sink.close()
     result = dict(trajectory=run.traj, start=run.start, steps=run.steps, seconds_per_step=t_model / run.steps,
-                  out=str(out), bytes_sent=sink.bytes_sent())
+                  out=str(out), bytes_sent=sink.bytes_sent(), excursion_pct=sink.excursion_pct())
     if run.device.type == "cuda":
         result["peak_cuda_mib"] = peak_gpu_mib(run.device)
     if fields is not None:
@@ -288,10 +289,10 @@ class _Outputs:
             fcomp = dict(zip(self.names, self.comps))
             self.trackers = (RMSETracker(fcomp, self.out / "rmse.csv"),
                              RMSETracker(fcomp, self.out / "rmse_persistence.csv"))
-            if cfg.progress:
-                from tqdm import tqdm
-                self.bar = tqdm(total=run.steps, desc=f"rollout {run.traj}", unit="step", dynamic_ncols=True)
+            from .progress import Progress
+            self.bar = Progress(run.steps, f"rollout {run.traj}", enabled=cfg.progress)
         self.t_model = 0.0
+        self.excursion = torch.zeros(run.sim.layout.state_size, dtype=torch.float64)   # max over steps, (C,)
 
     def add(self, fr: Frame) -> None:
         if fr.step == 0:
@@ -305,10 +306,32 @@ class _Outputs:
                                    dict(zip(self.names, s[1].tolist())))
         self._write(fr)
         self.t_model += fr.seconds
+        self._track_excursion(fr)
         if self.bar is not None and fr.step:
-            self.bar.update(1)
-            self.bar.set_postfix(s_per_step=f"{self.t_model / fr.step:.3f}",
-                                 **({"forecast": "beyond data"} if fr.ref is None else {}))
+            self.bar.update(1, s_per_step=self.t_model / fr.step,
+                            **({"forecast": "beyond data"} if fr.ref is None else {}))
+
+    def _track_excursion(self, fr: Frame) -> None:
+        """Largest distance of the predicted free entries outside the training range, per component, as a
+        fraction of that range (the range the model saw in training: ``Simulator.state_lo/hi``)."""
+        sim = self.run.sim
+        lo, hi = sim.state_lo, sim.state_hi
+        if fr.step == 0 or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()) or not fr.pred.numel():
+            return
+        y = fr.pred.double().cpu()
+        out = torch.clamp(torch.maximum(y - hi, lo - y), min=0.0)
+        out = torch.where(fr.free.cpu(), out, 0.0).amax(0) / (hi - lo).clamp(min=1e-30)
+        self.excursion = torch.maximum(self.excursion, out)
+
+    def excursion_pct(self) -> dict[str, float]:
+        """Per field: the largest excursion outside the training range over the run, % of the range; collective."""
+        exc = self.excursion.clone()
+        self.comm.allreduce_max_(exc)
+        out, o = {}, 0
+        for name, c in zip(self.names, self.comps):
+            out[name] = 100.0 * float(exc[o:o + c].max())
+            o += c
+        return out
 
     def _write(self, fr: Frame) -> None:
         if self.pieces is not None:

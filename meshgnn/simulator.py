@@ -178,6 +178,13 @@ class Simulator(nn.Module):
         """Hops one time step reaches (the exact halo depth): :func:`meshgnn.integrators.receptive_field_hops`."""
         return integrators.receptive_field_hops(self.model.num_layers, self.method)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s; a checkpoint from before the state range was recorded loads with no range."""
+        state_dict = dict(state_dict)
+        state_dict.setdefault("state_lo", torch.full_like(self.state_lo, float("inf")))
+        state_dict.setdefault("state_hi", torch.full_like(self.state_hi, -float("inf")))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def widen_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         """Grow the recorded state range ``[state_lo, state_hi]`` (C,) to include ``[lo, hi]``."""
         self.state_lo.copy_(torch.minimum(self.state_lo, lo.to(self.state_lo)))

@@ -310,16 +310,21 @@ class Trainer:
                     trajectory=samples[0].trajectory, time_index=samples[0].time)
 
     def _diagnose(self, step, loss) -> str:
-        traj, t = self.last_sample[0][0].trajectory, self.last_sample[0][0].time
+        samples = self.my_samples(self.last_sample[0])
+        where = ", ".join(f"trajectory {s.trajectory}, time index {s.time}" for s in samples)
         bad = [n for n, p in self.sim.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-        msg = [f"non-finite loss/gradients at step {step} (trajectory {traj}, time index {t}, loss {loss})"]
+        msg = [f"non-finite loss/gradients at step {step} ({where}; loss {loss})"]
         lay = self.layout
-        for patch in self.patches:
-            y0, y1, static = patch.frames(traj, t)
-            bad_nodes = {**nonfinite_nodes(torch.cat([y0, y1], 1), lay.state_fields * 2, lay.state_components * 2),
-                         **nonfinite_nodes(static, lay.static_fields, lay.static_components)}
-            for name, nbad in bad_nodes.items():
-                msg.append(f"part {patch.part_id}: field {name}: {nbad} non-finite node values in the data")
+        for smp in samples:
+            for patch in self.patches:
+                frames = [patch.frames(smp.trajectory, smp.time + k)[1] for k in range(self.cfg.unroll)]
+                y = torch.cat([patch.frames(smp.trajectory, smp.time)[0]] + frames, 1)
+                bad_nodes = {**nonfinite_nodes(y, lay.state_fields * (1 + self.cfg.unroll),
+                                               lay.state_components * (1 + self.cfg.unroll)),
+                             **nonfinite_nodes(patch.static(smp.trajectory), lay.static_fields, lay.static_components)}
+                for name, nbad in bad_nodes.items():
+                    msg.append(f"part {patch.part_id}: field {name}: {nbad} non-finite node values in the data "
+                               f"(trajectory {smp.trajectory}, frames {smp.time}..{smp.time + self.cfg.unroll})")
         if bad:
             msg.append(f"parameters with non-finite gradients: {', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}")
         return "; ".join(msg) + "; the last good checkpoint is kept"
@@ -517,7 +522,8 @@ class TrainLog:
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
             self._tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except Exception:  # noqa: BLE001 - tensorboard is optional
+        except Exception as e:  # noqa: BLE001 - the CSV log still works; say why the event files are missing
+            print(f"train: TensorBoard event files off ({type(e).__name__}: {str(e)[:80]})", flush=True)
             self._tb = None
 
     @staticmethod

@@ -115,6 +115,11 @@ def print_summary(res: dict) -> None:
             base = res["rmse_persistence"][f]
             ratios = [f"{k}: {base[k] / v:.2f}x" for k, v in d.items() if v > 0 and base[k] > 0]
             print(f"  {f}: persistence RMSE / surrogate RMSE  " + ", ".join(ratios))
+    if res.get("excursion_pct"):
+        exc = res["excursion_pct"]
+        print("  largest excursion outside the training range: "
+              + ", ".join(f"{f} {v:.1f}%" for f, v in exc.items())
+              + ("" if max(exc.values()) > 0 else " (none)") + "  (--clamp true holds the range)")
     for k in ("pvd", "png"):
         if k in res:
             print(f"  {k}: {res[k]}")
