@@ -137,16 +137,20 @@ class Trainer:
         return [math.sqrt(float(x) / n) for x in sums[:K]]
 
     def _first_frames(self) -> dict[str, int]:
-        """First input frame per trajectory: ``--train-start``, or (auto) past an impulsive start."""
-        trajs = self.train_trajectories + [t for t in self.val_trajectories if t not in self.train_trajectories]
-        if self.cfg.train_start >= 0:
-            return {t: self.cfg.train_start for t in trajs}
-        out = {t: impulsive_frames(self._change_rms(t)) for t in trajs}
-        skipped = {t: k for t, k in out.items() if k}
+        """First input frame per trajectory. Training: ``--train-start`` (-1: past an impulsive start).
+        Held-out trajectories: past an impulsive start (where validation rollouts begin unless --val-start)."""
+        cfg = self.cfg
+        detect = [t for t in self.val_trajectories if t not in self.train_trajectories]
+        if cfg.train_start < 0:
+            detect = self.train_trajectories + detect
+        found = {t: impulsive_frames(self._change_rms(t)) for t in detect}
+        out = {t: (cfg.train_start if cfg.train_start >= 0 else found[t]) for t in self.train_trajectories}
+        out.update({t: found[t] for t in self.val_trajectories if t in found})
+        skipped = {t: k for t, k in found.items() if k}
         if skipped and self.comm.is_root:
-            print(f"train: impulsive start detected (first transition >10x the later ones) in "
-                  f"{len(skipped)} of {len(trajs)} trajectories; training and validation start at frame "
-                  f"{max(skipped.values())} there (--train-start 0 to keep it)", flush=True)
+            what = "training and validation start" if cfg.train_start < 0 else "validation rollouts start"
+            print(f"train: impulsive start (first transitions >10x the later ones) in {len(skipped)} of "
+                  f"{len(found)} trajectories checked; {what} at frame {max(skipped.values())} there", flush=True)
         return out
 
     def _frame_ranges(self) -> dict[str, tuple[int, int]]:
