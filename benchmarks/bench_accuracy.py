@@ -494,11 +494,15 @@ def rollout_steps(curve: dict) -> list[int]:
 
 
 def summarise(curve: dict, fields: list[str]) -> dict:
-    """{field: {"1", "10", "50", "all"}}; steps counted from the rollout's first frame."""
+    """{field: {"1", "10", "50" (or the last step when fewer), "all"}}; steps counted from the rollout's first
+    frame; "all" = mean over every step with reference data."""
     steps = rollout_steps(curve)
     out = {}
     for f in fields:
         d = {str(k): curve[f][steps.index(k)] for k in SUMMARY_STEPS if k in steps}
+        last = max(steps)
+        if last < max(SUMMARY_STEPS):        # a shorter trajectory: its last step instead of step 50
+            d[str(last)] = curve[f][steps.index(last)]
         d["all"] = float(np.mean([v for s, v in zip(steps, curve[f]) if s > 0]))
         out[f] = d
     return out
@@ -632,7 +636,7 @@ def table(results: list[dict], dname: str) -> str:
     by: dict = {}
     for r in rs:
         by.setdefault(r["config"], []).append(r)
-    keys = [k for k in ("1", "10", "50", "all") if k in rs[0]["rmse"][fields[0]]]
+    keys = list(rs[0]["rmse"][fields[0]])
     head = ["config", "seeds", "params", "opt. steps", "train CPU s", "wall s"]
     for f in fields:
         head += [f"{f} RMSE " + " / ".join(f"@{k}" if k != "all" else k for k in keys), f"{f} pers./model (all)",
@@ -708,6 +712,9 @@ def report(args, wall: float | None = None) -> int:
         print("no results", file=sys.stderr)
         return 1
     out = Path(args.work)
+    for r in results:                        # summaries from the stored curves (the current summary rule)
+        r["rmse"] = summarise(r["curve"]["rmse"], r["fields"])
+        r["rmse_persistence"] = summarise(r["curve"]["rmse_persistence"], r["fields"])
     slim = [{k: v for k, v in r.items() if k != "curve"} for r in results]
     git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                          text=True).stdout.strip()
