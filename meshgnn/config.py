@@ -223,21 +223,21 @@ class TrainConfig:
                                                      "K x layers x stages, or per-layer mode)", "min": 1})
     pushforward: bool = field(default=False, metadata={"help": "with --unroll K: only the last step carries "
                                                                "gradient (the pushforward trick)"})
-    train_start: int = field(default=-1, metadata={"help": "first input frame trained on; -1: auto (skip an "
-                                                           "impulsive start, reported in the log)", "min": -1})
+    train_start: int = field(default=0, metadata={"help": "first input frame trained on; -1: past an impulsive "
+                                                          "start (detected and reported)", "min": -1})
     val_every: int = field(default=100, metadata={"help": "steps between validations on the held-out "
                                                           "trajectories (0: only at the end)", "min": 0})
     val_rollout: int = field(default=20, metadata={"help": "steps of the validation rollout (0: the whole "
                                                            "held-out trajectory)", "min": 0})
-    val_start: int = field(default=-1, metadata={"help": "frame the validation rollout starts from; -1: the "
-                                                         "training start frame", "min": -1})
+    val_start: int = field(default=-1, metadata={"help": "frame the validation rollout starts from; -1: past "
+                                                         "an impulsive start (detected and reported)", "min": -1})
     val_samples: int = field(default=8, metadata={"help": "held-out frames in the one-step validation loss",
                                                   "min": 1})
     latent: int = field(default=128, metadata={"help": "latent size H", "min": 1})
     layers: int = field(default=15, metadata={"help": "message-passing layers L", "min": 1})
     hidden_layers: int = field(default=2, metadata={"help": "hidden layers per MLP", "min": 1})
     integrator: str = field(default="euler", metadata={"help": "euler|heun|midpoint|heun3|ssprk3|rk4 or a tableau JSON"})
-    noise_std: list[float] = field(default_factory=lambda: [0.02],
+    noise_std: list[float] = field(default_factory=lambda: [0.05],
                                    metadata={"help": "training noise std per state component, in units of the "
                                                      "field's std over the data (one value: all)"})
     noise_gamma: float = field(default=1.0, metadata={"help": "noise target correction gamma (1 for CFD)"})
