@@ -52,7 +52,7 @@ def trajectory_velocities(cfg: GenerateConfig) -> np.ndarray:
 
 def generate_dataset(out, cfg: GenerateConfig, progress: bool = True, extra_provenance=None) -> dict:
     """Build the mesh, solve, and write dataset ``out`` atomically. Returns a summary dict."""
-    from tqdm import tqdm
+    from ..progress import Progress
 
     from ..graph import edges_from_cells
     from .geometry import INLET, OUTLET, mesh_column, place_packing
@@ -89,8 +89,8 @@ def generate_dataset(out, cfg: GenerateConfig, progress: bool = True, extra_prov
     frame_seconds, substeps = [], {}
     with DatasetWriter(out, mesh.points, {"tetra": mesh.tets}, mesh.node_type, NODE_TYPES, dt, FIELDS,
                        dirichlet_types=["inlet"], provenance=provenance, edges=edges) as w:
-        bar = tqdm(total=cfg.trajectories * max(cfg.steps - 1, 0), desc="solving", unit="step",
-                   disable=not progress, leave=False)
+        bar = Progress(cfg.trajectories * max(cfg.steps - 1, 0), "solving", enabled=progress,
+                       every_s=30.0 if progress else None)
         for traj, p in enumerate(params):
             nsub = substeps_for(space, low_order_operator(space, flow, p), dt, cfg.courant, p.rate)
             substeps[str(traj)] = nsub

@@ -242,8 +242,8 @@ def import_deepmind(source, out, options: ImportOptions, split: str = "train", l
                 for line in _describe(file, k, pos, cells, node_type, specs, rec, meta, dt, notes):
                     report(line)
                 if progress:
-                    from tqdm import tqdm
-                    bar = tqdm(total=limit, desc="import", unit="trajectory", file=sys.stderr)
+                    from ...progress import Progress
+                    bar = Progress(limit, "import", stream=sys.stderr, unit="trajectory")
             else:
                 _same_mesh(ref, (pos, cells, node_type), file, k, skip)
             tid = ids[count] if ids and count < len(ids) else str(k)
