@@ -52,8 +52,11 @@ def run(args) -> int:
     best = summary.get("best") or summary["checkpoint"]
     print(f"      {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['loss']:.3e}; "
           f"best validation at step {summary.get('best_step', '-')} -> {best}")
-    print("[3/3] rolling out the held-out trajectory from the best checkpoint")
-    res = rollout(RolloutConfig(checkpoint=best, dataset=str(data), out=str(out / "rollout")))
+    # CO2 and loading are bounded (0 .. inlet concentration, 0 .. saturation): the rollout holds the predictions
+    # in the range seen in training (measured on this demo: 2.9x -> 3.9x better than persistence for co2)
+    print("[3/3] rolling out the held-out trajectory from the best checkpoint (--clamp true: predictions held in "
+          "the training range)")
+    res = rollout(RolloutConfig(checkpoint=best, dataset=str(data), out=str(out / "rollout"), clamp=True))
     print_summary(res)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Outputs:\n"
           f"  dataset        {data}\n  checkpoint     {best} (best validation), {summary['checkpoint']} (last)\n"
