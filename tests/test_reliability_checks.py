@@ -343,6 +343,24 @@ def test_generate_on_a_full_disk_says_one_line_and_leaves_nothing(tmp_path):
     assert list(out.parent.iterdir()) == []
 
 
+def test_partition_on_a_full_disk_says_one_line_and_leaves_nothing(tmp_path, box_dataset):
+    """The part store's HDF5 writes go through the same guard as the dataset writer: with RLIMIT_FSIZE 20 kB the
+    store cannot be written: exit 2, one line naming it, no store and no temporary file (before: exit 139)."""
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000));"
+            "from meshgnn.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "p" / "parts.h5"
+    out.parent.mkdir()
+    argv = ["partition", str(box_dataset), "--parts", "4", "--halo", "2", "--out", str(out)]
+    r = subprocess.run([PY, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    lines = [ln for ln in r.stderr.splitlines() if "error" in ln]
+    record("partition with the disk full (RLIMIT_FSIZE 20 kB)", argv, r.returncode, lines[-1] if lines else "")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(lines) == 1 and str(out) in lines[0] and "File too large" in lines[0], r.stderr
+    assert list(out.parent.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------------ 2. values
 def test_bad_values_every_command(run, tmp_path, capsys):
     """Values the schema allows but no command can use: one line, exit 2, from info, partition, train and

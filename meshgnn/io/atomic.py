@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from pathlib import Path
+
+from ..decomposition.store import WriteGuard as _StoreWriteGuard
 
 
 @contextlib.contextmanager
@@ -63,57 +64,9 @@ def clean_stale_temps(folder) -> list[Path]:
     return removed
 
 
-class WriteGuard(io.RawIOBase):
-    """A file for h5py (``h5py.File(WriteGuard(raw), "w")``) that never lets a failed write reach HDF5.
-
-    HDF5 left with a failed write (full disk, quota, file size limit) crashes the process when the file is
-    closed (observed: ~230 lines of h5py tracebacks, then SIGSEGV). Here the first ``OSError`` is remembered,
-    later writes are dropped (reported as done), so the file still closes cleanly; the writer then calls
-    :meth:`raise_if_failed` and deletes the half-written temporary file. Same speed as h5py's own driver
-    (writes are chunk-sized).
-    """
-
-    def __init__(self, raw, path):
-        super().__init__()
-        self.raw, self.path, self.error = raw, Path(path), None
-
-    def readable(self):
-        return True
-
-    def writable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def seek(self, offset, whence=0):
-        return self.raw.seek(offset, whence)
-
-    def tell(self):
-        return self.raw.tell()
-
-    def readinto(self, b):
-        return self.raw.readinto(b)
-
-    def _guarded(self, fn, *args, default=None):
-        if self.error is None:
-            try:
-                return fn(*args)
-            except OSError as e:
-                self.error = e
-        return default
-
-    def write(self, b):
-        n = len(memoryview(b).cast("B"))
-        done = self._guarded(self.raw.write, b, default=n)
-        return n if done is None else done
-
-    def truncate(self, size=None):
-        out = self._guarded(self.raw.truncate, size, default=size)
-        return size if out is None else out
-
-    def flush(self):
-        self._guarded(self.raw.flush)
+class WriteGuard(_StoreWriteGuard):
+    """:class:`meshgnn.decomposition.store.WriteGuard` (an h5py file object that never lets a failed write reach
+    HDF5, which would crash the process on close) whose :meth:`raise_if_failed` raises a :class:`MeshgnnError`."""
 
     def raise_if_failed(self, target=None) -> None:
         """Raise :class:`MeshgnnError` naming ``target`` (default the file) if a write has failed."""
