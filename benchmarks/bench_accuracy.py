@@ -454,27 +454,16 @@ def run_physicsnemo(args, data: str, name: str, seed: int, heldout: str, run: Pa
 
 
 def run_rollout_proxy(data: str, ck: str, traj: str, steps: int, start: int, out: Path, worker, layers: int) -> dict:
-    """meshgnn's rollout code with the PhysicsNeMo proxy in the simulator (the loader is the one hook swapped)."""
-    from unittest import mock
-
-    import meshgnn.checkpoint as ckpt_mod
+    """meshgnn's rollout code with the PhysicsNeMo proxy as the simulator's network (``rollout(..., model=)``)."""
     from meshgnn.config import RolloutConfig
     from meshgnn.rollout import rollout
-
-    real_loader = ckpt_mod.load_simulator
-
-    def loader(path, device="cpu", dtype=None):
-        sim, state = real_loader(path, device=device)
-        sim.model = make_proxy(worker, layers)
-        return sim, state
 
     extra = {"start": start} if start else {}
     cfg = RolloutConfig(checkpoint=ck, dataset=data, out=str(out), trajectory=traj, steps=steps, render=False,
                         progress=False, formats=["pvd"], **extra)
     w0 = time.perf_counter()
-    with mock.patch.object(ckpt_mod, "load_simulator", loader):
-        rollout(cfg)
-    return dict(rollout_command="meshgnn.rollout.rollout(RolloutConfig(...)) with the PhysicsNeMo proxy",
+    rollout(cfg, model=make_proxy(worker, layers))
+    return dict(rollout_command="meshgnn.rollout.rollout(RolloutConfig(...), model=<PhysicsNeMo proxy>)",
                 rollout_wall_s=time.perf_counter() - w0)
 
 

@@ -181,7 +181,7 @@ def rollout_metrics(sim, domain: LocalDomain, traj: str, start: int = 0, steps: 
 
 
 # ------------------------------------------------------------------------------------------------ the command
-def rollout(cfg: RolloutConfig, comm=None, return_fields: bool = False) -> dict:
+def rollout(cfg: RolloutConfig, comm=None, return_fields: bool = False, model=None) -> dict:
     """Run ``meshgnn rollout``: frames ``cfg.start .. cfg.start + steps`` written, RMSE per field to CSV/PNG.
 
     Returns (rank 0's view) ``{"trajectory", "start", "steps", "seconds_per_step", "out", "rmse",
@@ -189,9 +189,12 @@ def rollout(cfg: RolloutConfig, comm=None, return_fields: bool = False) -> dict:
     has the frames; ``excursion_pct``: per field, how far the prediction left the training range, % of it;
     ``bytes_sent``: this rank's, halo + piece boundaries + reductions), plus
     ``"fields"``: ``(steps + 1, N, C) float32`` predicted states when ``return_fields`` (one process only).
+    ``model``: a module with :class:`meshgnn.model.MeshGraphNet`'s ``forward``/``encode_edges`` to run in place of
+    the checkpoint's network (same normalizers, integrator, boundary handling and metrics; e.g. another
+    library's MeshGraphNet in a benchmark).
     """
     comm = comm or Dist()
-    run = _open_run(cfg, comm)
+    run = _open_run(cfg, comm, model)
     if return_fields and comm.size > 1:
         raise MeshgnnError("rollout(return_fields=True) runs in one process (a partitioned run keeps its rows on "
                            "their ranks; iterate rollout_frames instead)")
@@ -232,7 +235,7 @@ class _Run:
     device: torch.device
 
 
-def _open_run(cfg: RolloutConfig, comm) -> _Run:
+def _open_run(cfg: RolloutConfig, comm, model=None) -> _Run:
     """Load the checkpoint and dataset, pick the trajectory and steps, build the local domain."""
     from .checkpoint import check_dataset, load_simulator
     from .io.dataset import Dataset
@@ -242,6 +245,8 @@ def _open_run(cfg: RolloutConfig, comm) -> _Run:
         from .memory import keep_freed_memory
         keep_freed_memory()
     sim, state = load_simulator(cfg.checkpoint, device=device)
+    if model is not None:
+        sim.model = model
     sim.clamp = cfg.clamp
     if cfg.compile:
         sim.compile_model()

@@ -175,3 +175,28 @@ def test_rollout_reports_range_excursions_and_clamp_removes_them(box_dataset, tm
                                   clamp=c, render=False, progress=False))["excursion_pct"] for c in (False, True)]
     assert min(free[0].values()) > 100.0          # far outside a 2e-3-wide range
     assert max(free[1].values()) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_rollout_runs_a_given_network_in_the_simulator(box_dataset, tmp_path):
+    """rollout(cfg, model=m) steps with m in place of the checkpoint's network: a copy gives the same RMSE, a
+    perturbed copy a different one (the hook the PhysicsNeMo comparison uses)."""
+    import copy
+
+    from meshgnn.checkpoint import load_simulator
+    from meshgnn.config import RolloutConfig
+    from meshgnn.rollout import rollout
+
+    run = train(TrainConfig(dataset=str(box_dataset), out=str(tmp_path / "t"), steps=2, val_every=0, **SMALL))
+    sim, _ = load_simulator(run["checkpoint"])
+
+    def rmse(model, name):
+        cfg = RolloutConfig(checkpoint=run["checkpoint"], dataset=str(box_dataset), out=str(tmp_path / name),
+                            render=False, progress=False)
+        return rollout(cfg, model=model)["rmse"]["co2"]["all"]
+
+    base = rmse(None, "a")
+    assert rmse(copy.deepcopy(sim.model), "b") == pytest.approx(base, rel=1e-12)
+    other = copy.deepcopy(sim.model)
+    with torch.no_grad():
+        next(other.parameters()).mul_(1.5)
+    assert abs(rmse(other, "c") - base) > 1e-6 * base
