@@ -20,7 +20,7 @@ STEPS = 4
 def run_ranks(n, dataset, out, *extra):
     cmd = mpirun_cmd(n) + [sys.executable, "-m", "meshgnn.cli", "train", str(dataset), "--out", str(out),
                            "--steps", str(STEPS), "--dtype", "float64", "--integrator", "heun", "--train-start", "0",
-                           *CLI_SMALL, *extra]
+                           "--noise-std", str(SMALL["noise_std"][0]), *CLI_SMALL, *extra]   # as the in-process runs
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=mpi_env())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
