@@ -130,10 +130,19 @@ def save_state(path, state: dict) -> Path:
     return Path(path)
 
 
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length n, then n bytes of JSON starting with ``{``."""
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 8 + n <= size and head[8:9] == b"{"
+
+
 def _refuse_pickle(path: Path) -> None:
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+        head = f.read(9)
+    # the safetensors test comes first: its length prefix can begin with any byte, 0x80 (pickle's PROTO) included
+    if not _is_safetensors(head, path.stat().st_size) and head.startswith(_PICKLE_MAGIC):
         raise InputError(path, None, "a pickle-based checkpoint (meshgnn format 1 or plain torch.save), which can "
                                      "run code when loaded: refused; if you trust where it came from, convert it "
                                      f"with `{MIGRATE_HINT.format(old=path)}`")
