@@ -185,13 +185,22 @@ def load(path) -> dict:
         raise InputError(path, None, f"not a readable checkpoint (inconsistent contents: {e})") from None
 
 
+def _V1_ALLOWED() -> list:
+    """What a version-1 checkpoint holds beyond tensors and plain data: ``numpy.random.get_state()``'s array."""
+    import numpy as np
+    from numpy.core import multiarray
+
+    return [np.ndarray, np.dtype, type(np.dtype("uint32")), multiarray._reconstruct]
+
+
 def migrate(old, new) -> Path:
     """Convert a version-1 (pickle) checkpoint to the current format. Unpickles ``old``: trusted files only."""
     old = Path(old)
     if not old.is_file():
         raise InputError(old, None, "checkpoint not found")
     try:
-        state = torch.load(old, map_location="cpu", weights_only=False)   # the one trusted unpickling
+        with torch.serialization.safe_globals(_V1_ALLOWED()):   # tensors, plain data, numpy's RNG state only
+            state = torch.load(old, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise InputError(old, None, f"not a readable pickle checkpoint ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
