@@ -187,10 +187,20 @@ def load(path) -> dict:
 
 def _V1_ALLOWED() -> list:
     """What a version-1 checkpoint holds beyond tensors and plain data: ``numpy.random.get_state()``'s array."""
-    import numpy as np
-    from numpy.core import multiarray
+    import importlib
 
-    return [np.ndarray, np.dtype, type(np.dtype("uint32")), multiarray._reconstruct]
+    import numpy as np
+
+    allowed = [np.ndarray, np.dtype, type(np.dtype("uint32"))]
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):     # numpy 2 and numpy 1 pickles
+        try:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                allowed.append(importlib.import_module(mod)._reconstruct)
+        except (ImportError, AttributeError):
+            pass
+    return allowed
 
 
 def migrate(old, new) -> Path:
