@@ -390,6 +390,37 @@ class Dist:
             if td.is_initialized():
                 td.barrier()
                 td.destroy_process_group()
+                _await_gloo_teardown()
+
+
+def gloo_threads() -> list[str]:
+    """Names of this process's running gloo threads (read from ``/proc/self/task``; empty where there is none)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    names = []
+    for t in tasks:
+        try:
+            with open(f"/proc/self/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended while we listed
+            continue
+    return [s for s in names if s.startswith(("pt_gloo", "gloo"))]
+
+
+def _await_gloo_teardown(timeout_s: float = 10.0) -> None:
+    """Let gloo's transport threads finish after ``destroy_process_group``: its TCP loop thread ends when the last
+    reference to the device goes, which can be a Python object awaiting collection or a worker finishing late; one
+    still alive at interpreter exit can abort the rank after a successful run."""
+    import gc
+    import time
+    deadline = time.monotonic() + timeout_s
+    while True:
+        gc.collect()
+        if not gloo_threads() or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def init_distributed(backend: str = "auto", timeout_s: float = 60, env=None) -> Dist:

@@ -1,11 +1,10 @@
 """Run under mpirun: init, all-reduce, allreduce_grads, object collectives, teardown. Prints 'OK rank R' on success."""
-import os
 import sys
 
 import torch
 
 from meshgnn import ops
-from meshgnn.distributed import abort_on_exception, init_distributed
+from meshgnn.distributed import abort_on_exception, gloo_threads, init_distributed
 
 dist = init_distributed(timeout_s=30)
 with abort_on_exception(dist):
@@ -47,11 +46,6 @@ with abort_on_exception(dist):
     # a custom op's first call imports torch._dynamo (and torch.distributed.nn) after init_process_group
     rowptr = torch.tensor([0, 2, 3])
     assert torch.equal(ops.segment_sum(torch.ones(3, 2), rowptr), torch.tensor([[2.0, 2.0], [1.0, 1.0]]))
-
-
-def gloo_threads() -> list[str]:
-    names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
-    return [s for s in names if s.startswith(("pt_gloo", "gloo"))]
 
 
 assert gloo_threads(), "expected gloo worker threads while the group is up"
