@@ -223,8 +223,9 @@ class TrainConfig:
                                                      "K x layers x stages, or per-layer mode)", "min": 1})
     pushforward: bool = field(default=False, metadata={"help": "with --unroll K: only the last step carries "
                                                                "gradient (the pushforward trick)"})
-    train_start: int = field(default=0, metadata={"help": "first input frame trained on; -1: past an impulsive "
-                                                          "start (detected and reported)", "min": -1})
+    train_start: int = field(default=-1, metadata={"help": "first input frame trained on; -1: past an impulsive "
+                                                           "start (detected and reported; else frame 0)",
+                                                           "min": -1})
     val_every: int = field(default=100, metadata={"help": "steps between validations on the held-out "
                                                           "trajectories (0: only at the end)", "min": 0})
     val_rollout: int = field(default=20, metadata={"help": "steps of the validation rollout (0: the whole "
