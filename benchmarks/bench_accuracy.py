@@ -282,9 +282,10 @@ def run_meshgnn(args, data: str, name: str, seed: int, heldout: str, run: Path) 
                 checkpoint=str(ck))
 
 
-def run_rollout_cli(data: str, ck: str, traj: str, steps: int, start: int, out: Path) -> dict:
+def run_rollout_cli(data: str, ck: str, traj: str, steps: int, start: int, out: Path, clamp: bool = False) -> dict:
     cmd = meshgnn_cli() + ["rollout", ck, data, "--trajectory", traj, "--out", str(out), "--steps", str(steps),
-                           "--render", "false", "--progress", "false", "--formats", "pvd"]
+                           "--render", "false", "--progress", "false", "--formats", "pvd",
+                           "--clamp", "true" if clamp else "false"]
     if start:
         cmd += ["--start", str(start)]
     w0 = time.perf_counter()
@@ -453,14 +454,15 @@ def run_physicsnemo(args, data: str, name: str, seed: int, heldout: str, run: Pa
         raise
 
 
-def run_rollout_proxy(data: str, ck: str, traj: str, steps: int, start: int, out: Path, worker, layers: int) -> dict:
+def run_rollout_proxy(data: str, ck: str, traj: str, steps: int, start: int, out: Path, worker, layers: int,
+                      clamp: bool = False) -> dict:
     """meshgnn's rollout code with the PhysicsNeMo proxy as the simulator's network (``rollout(..., model=)``)."""
     from meshgnn.config import RolloutConfig
     from meshgnn.rollout import rollout
 
     extra = {"start": start} if start else {}
     cfg = RolloutConfig(checkpoint=ck, dataset=data, out=str(out), trajectory=traj, steps=steps, render=False,
-                        progress=False, formats=["pvd"], **extra)
+                        progress=False, formats=["pvd"], clamp=clamp, **extra)
     w0 = time.perf_counter()
     rollout(cfg, model=make_proxy(worker, layers))
     return dict(rollout_command="meshgnn.rollout.rollout(RolloutConfig(...), model=<PhysicsNeMo proxy>)",
@@ -541,12 +543,16 @@ def run_one(args) -> dict:
     if kind == "meshgnn":
         res = run_meshgnn(args, data, name, seed, heldout, run)
         res.update(run_rollout_cli(data, res["checkpoint"], heldout, steps, start, run / "rollout"))
+        run_rollout_cli(data, res["checkpoint"], heldout, steps, start, run / "rollout_clamped", clamp=True)
     else:
         res = run_physicsnemo(args, data, name, seed, heldout, run)
         worker = res.pop("_worker")
         try:
+            layers = int(train_config(data, res["train_flags"]).layers)
             res.update(run_rollout_proxy(data, res["checkpoint"], heldout, steps, start, run / "rollout", worker,
-                                         int(train_config(data, res["train_flags"]).layers)))
+                                         layers))
+            run_rollout_proxy(data, res["checkpoint"], heldout, steps, start, run / "rollout_clamped", worker,
+                              layers, clamp=True)
         finally:
             worker.close()
     fields = list(ds.state_fields)
@@ -556,6 +562,9 @@ def run_one(args) -> dict:
                value_range={f: [ranges[f][0].tolist(), ranges[f][1].tolist()] for f in fields},
                rmse=summarise(curves["rmse"], fields),
                rmse_persistence=summarise(curves["rmse_persistence"], fields), curve=curves,
+               clamped_curve=read_curves(run / "rollout_clamped")["rmse"],
+               clamped_excursion_percent=frame_excursions(run / "rollout_clamped", fields, ranges,
+                                                          T - 1)["excursion_percent"],
                **frame_excursions(run / "rollout", fields, ranges, T - 1))
     (run / "result.json").write_text(json.dumps(res, indent=1, default=float))
     return res
@@ -629,7 +638,7 @@ def table(results: list[dict], dname: str) -> str:
     head = ["config", "seeds", "params", "opt. steps", "train CPU s", "wall s"]
     for f in fields:
         head += [f"{f} RMSE " + " / ".join(f"@{k}" if k != "all" else k for k in keys), f"{f} pers./model (all)",
-                 f"{f} max excursion %"]
+                 f"{f} pers./model (all), --clamp", f"{f} max excursion %"]
     if rs[0]["rollout_steps"] > rs[0]["data_steps"]:
         head += [f"{rs[0]['rollout_steps']}-step rollout: finite, max excursion %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -640,8 +649,10 @@ def table(results: list[dict], dname: str) -> str:
         for f in fields:
             row.append(" / ".join(_cell([r["rmse"][f][k] for r in g]) for k in keys))
             row.append(_cell([r["rmse_persistence"][f]["all"] / r["rmse"][f]["all"] for r in g], "{:.2f}"))
+            row.append(_cell([r["rmse_persistence"][f]["all"] / r["rmse_clamped"][f]["all"] for r in g
+                              if "rmse_clamped" in r], "{:.2f}"))
             row.append(_cell([r["excursion_percent"][f]["within_data"] for r in g], "{:.1f}"))
-        if len(head) > 6 + 3 * len(fields):
+        if len(head) > 6 + 4 * len(fields):
             fin = all(r["finite"] for r in g)
             beyond = [max((r["excursion_percent"][f]["beyond_data"] or 0.0) for f in fields) for r in g]
             row.append(f"{'yes' if fin else 'NO'}, {_cell(beyond, '{:.1f}')}")
@@ -649,8 +660,8 @@ def table(results: list[dict], dname: str) -> str:
     p = rs[0]["rmse_persistence"]
     row = ["persistence", "–", "–", "–", "–", "–"]
     for f in fields:
-        row += [" / ".join(f"{p[f][k]:.3g}" for k in keys), "1", "–"]
-    if len(head) > 6 + 3 * len(fields):
+        row += [" / ".join(f"{p[f][k]:.3g}" for k in keys), "1", "1", "–"]
+    if len(head) > 6 + 4 * len(fields):
         row.append("–")
     lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -704,7 +715,9 @@ def report(args, wall: float | None = None) -> int:
     for r in results:                        # summaries from the stored curves (the current summary rule)
         r["rmse"] = summarise(r["curve"]["rmse"], r["fields"])
         r["rmse_persistence"] = summarise(r["curve"]["rmse_persistence"], r["fields"])
-    slim = [{k: v for k, v in r.items() if k != "curve"} for r in results]
+        if "clamped_curve" in r:
+            r["rmse_clamped"] = summarise(r["clamped_curve"], r["fields"])
+    slim = [{k: v for k, v in r.items() if k not in ("curve", "clamped_curve")} for r in results]
     git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                          text=True).stdout.strip()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")

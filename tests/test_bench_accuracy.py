@@ -152,6 +152,9 @@ def test_harness_end_to_end_on_a_tiny_dataset(tmp_path):
     for f in ("co2", "loading"):
         assert np.isfinite(r["rmse"][f]["all"]) and r["rmse_persistence"][f]["all"] > 0
         assert r["excursion_percent"][f]["beyond_data"] is not None
+        # --clamp holds the training range, inside the data's: no excursion, and the error stays finite
+        assert r["clamped_excursion_percent"][f] == dict(within_data=0.0, beyond_data=0.0)
+        assert np.isfinite(r["rmse_clamped"][f]["all"])
     md = (work / "results.md").read_text()
     assert "| default |" in md and "| persistence |" in md
     assert (tmp_path / "acc_column.png").stat().st_size > 1000
