@@ -88,8 +88,6 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from .memory import enable_huge_pages
-    enable_huge_pages()   # before any sub-command imports torch: big tensors on transparent huge pages
     import signal
     import threading
     old_term = None

@@ -8,12 +8,14 @@ time in the kernel than in PyTorch (49 s sys vs 32 s user); with freed memory ke
 tensors alive at once and fragmented the kept memory until it ran out (a 216k-node training step went from 11 GB
 to an out-of-memory kill), so only rollout offers it (``meshgnn rollout --malloc-cache true``).
 
-:func:`enable_huge_pages` attacks the same cost for every command and every tensor size: PyTorch's CPU allocator
-backs each allocation of >= 2 MiB with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``: 2 MiB-aligned blocks
-given ``madvise(MADV_HUGEPAGE)``), so a fresh tensor costs one fault per 2 MiB instead of one per 4 KiB, and GEMMs
-miss the TLB less. Measured here (benchmarks/RESULTS.md, "Huge pages"): the 216k-node rollout 16.1 -> 8.9 s per
-step at a *lower* peak RSS, a 15 x 128 training step 18.2 -> 15.0 s. The ``meshgnn`` command turns it on before
-PyTorch loads; ``THP_MEM_ALLOC_ENABLE=0`` in the environment turns it off.
+:func:`enable_huge_pages` attacks the same cost for every tensor size: PyTorch's CPU allocator backs each
+allocation of >= 2 MiB with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``: 2 MiB-aligned blocks given
+``madvise(MADV_HUGEPAGE)``), so a fresh tensor costs one fault per 2 MiB instead of one per 4 KiB. Whether that
+pays depends on the machine, so it is **off unless asked for** (``THP_MEM_ALLOC_ENABLE=1`` in the environment,
+which PyTorch reads itself, or this function before torch loads). Measured (benchmarks/RESULTS.md, "Huge
+pages"): on an AMD EPYC VM a 15 x 128 training step went 18.2 -> 15.0 s with it; on an Intel Xeon VM (THP mode
+and defrag ``madvise``) a 15 x 128 step of a 4,845-node mesh went 2.2 -> 4.3-4.8 s and a 4 x 32 step 0.31 ->
+0.39 s, the extra time all in the kernel (sys 16 -> 28 s).
 """
 from __future__ import annotations
 
