@@ -4,7 +4,8 @@ Runs with the python of a venv holding ``nvidia-physicsnemo`` (+ torch_geometric
 Inputs come from the ``.npz`` the benchmark writes (senders, receivers, node/edge features, target), so both
 measure the same graph. The model: ``physicsnemo.models.meshgraphnet.MeshGraphNet`` with 15 processor blocks,
 hidden 128 everywhere, 2 hidden layers per MLP, sum aggregation, concat trick on ("concat") or off ("noconcat"),
-on a PyG ``Data`` graph; one step = zero_grad, forward, MSE, backward, Adam step (lr 1e-4), as in ours.
+on a PyG ``Data`` graph; one step = zero_grad, forward, MSE, backward, Adam step (lr 1e-4), as in ours. A
+``-bf16`` suffix ("concat-bf16") runs forward and loss under ``torch.autocast(bfloat16)``, as "ours bf16" does.
 
 Modes:
     --memory VARIANT   one warm-up step, then print ``{"peak_mib": ...}`` for a second step (peak RSS growth)
@@ -33,7 +34,8 @@ def load_inputs(path: str):
 
 
 def build_step(variant: str, inputs):
-    """``step()`` of one PhysicsNeMo MGN training step; ``variant`` is "concat" or "noconcat"."""
+    """``step()`` of one PhysicsNeMo MGN training step; ``variant`` is "concat" or "noconcat", optionally with
+    "-bf16" (bf16 autocast, fp32 weights)."""
     from physicsnemo.models.meshgraphnet import MeshGraphNet
 
     graph, xn, xe, target = inputs
@@ -42,12 +44,14 @@ def build_step(variant: str, inputs):
                          processor_size=15, num_layers_node_processor=2, num_layers_edge_processor=2,
                          hidden_dim_processor=128, hidden_dim_node_encoder=128, num_layers_node_encoder=2,
                          hidden_dim_edge_encoder=128, num_layers_edge_encoder=2, hidden_dim_node_decoder=128,
-                         num_layers_node_decoder=2, aggregation="sum", do_concat_trick=(variant == "concat"))
+                         num_layers_node_decoder=2, aggregation="sum", do_concat_trick=variant.startswith("concat"))
+    bf16 = variant.endswith("-bf16")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(xn, xe, graph), target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.mse_loss(model(xn, xe, graph).float(), target)
         loss.backward()
         optimizer.step()
 
