@@ -81,9 +81,10 @@ CONFIGS = {
 CONFIGS["unroll3_openfoam"] = dict(kind="meshgnn", flags=["--unroll", "3"], datasets=("openfoam",), seeds=(0,))
 LAST = ("unroll3_openfoam",)
 SUMMARY_STEPS = (1, 10, 50)
-# planned steps = MARGIN x what the probe says fits: with two jobs sharing the box a step of the real run cost up to
-# ~1.45x the probe's (meshgnn 0.36 vs 0.25 CPU s on the OpenFOAM data, 2026-12-03), which stopped a run at 75 % of
-# its LR schedule; the same margin for every configuration, the unused budget is reported
+# planned steps = MARGIN x what the probe says fits, the same for every configuration, so each run ends its LR
+# schedule inside the budget; the unused budget is reported. Measured 2026-12-03 (OpenFOAM data): the real run's
+# step cost 1.45x the probe's while the CLI still turned huge pages on (0.36 vs 0.25 CPU s) and stopped a run at
+# 75 % of its schedule; without them 1.2x (0.31 vs 0.26), and runs at this margin used 67-80 % of the budget
 MARGIN = 0.7
 
 
@@ -544,20 +545,24 @@ def run_one(args) -> dict:
     T = ds.num_steps(heldout)
     steps = DATASETS[dname]["long_factor"] * (T - 1) - start
     kind = CONFIGS[name]["kind"]
+    worker = None
     if kind == "meshgnn":
         res = run_meshgnn(args, data, name, seed, heldout, run)
-        res.update(run_rollout_cli(data, res["checkpoint"], heldout, steps, start, run / "rollout"))
-        run_rollout_cli(data, res["checkpoint"], heldout, steps, start, run / "rollout_clamped", clamp=True)
+
+        def roll(out, clamp):
+            return run_rollout_cli(data, res["checkpoint"], heldout, steps, start, out, clamp)
     else:
         res = run_physicsnemo(args, data, name, seed, heldout, run)
         worker = res.pop("_worker")
-        try:
-            layers = int(train_config(data, res["train_flags"]).layers)
-            res.update(run_rollout_proxy(data, res["checkpoint"], heldout, steps, start, run / "rollout", worker,
-                                         layers))
-            run_rollout_proxy(data, res["checkpoint"], heldout, steps, start, run / "rollout_clamped", worker,
-                              layers, clamp=True)
-        finally:
+        layers = int(train_config(data, res["train_flags"]).layers)
+
+        def roll(out, clamp):
+            return run_rollout_proxy(data, res["checkpoint"], heldout, steps, start, out, worker, layers, clamp)
+    try:                                  # the rollout as trained, and held in the training range (--clamp)
+        res.update(roll(run / "rollout", False))
+        roll(run / "rollout_clamped", True)
+    finally:
+        if worker is not None:
             worker.close()
     fields = list(ds.state_fields)
     curves = read_curves(run / "rollout")

@@ -415,11 +415,9 @@ def _await_gloo_teardown(timeout_s: float = 10.0) -> None:
     still alive at interpreter exit can abort the rank after a successful run."""
     import gc
     import time
+    gc.collect()
     deadline = time.monotonic() + timeout_s
-    while True:
-        gc.collect()
-        if not gloo_threads() or time.monotonic() > deadline:
-            return
+    while gloo_threads() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
