@@ -246,8 +246,8 @@ def check_compatible(state: dict, trainer, path="checkpoint") -> None:
     """Resuming needs the same model/integrator configuration and dataset layout."""
     check_dataset(state, trainer.ds, path)
     have = trainer.sim.config()
-    for key in ("latent", "layers", "hidden_layers", "integrator"):
-        if state["sim_config"].get(key) != have.get(key):
+    for key in ("latent", "layers", "hidden_layers", "integrator", "history"):
+        if state["sim_config"].get(key, 0 if key == "history" else None) != have.get(key):
             raise InputError(path, key, f"checkpoint has {state['sim_config'].get(key)}, run asks for "
                                                 f"{have.get(key)}")
 

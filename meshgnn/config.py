@@ -238,6 +238,9 @@ class TrainConfig:
     layers: int = field(default=15, metadata={"help": "message-passing layers L", "min": 1})
     hidden_layers: int = field(default=2, metadata={"help": "hidden layers per MLP", "min": 1})
     integrator: str = field(default="euler", metadata={"help": "euler|heun|midpoint|heun3|ssprk3|rk4 or a tableau JSON"})
+    history: int = field(default=0, metadata={"help": "previous state changes the model reads besides the state "
+                                                  "(0: the state only, as MeshGraphNets); training and rollouts "
+                                                  "then start H frames later", "min": 0})
     noise_std: list[float] = field(default_factory=lambda: [0.05],
                                    metadata={"help": "training noise std per state component, in units of the "
                                                      "field's std over the data (one value: all)"})

@@ -82,13 +82,15 @@ def lr_lambda(schedule: str, steps: int, warmup: int, decay_to: float) -> Callab
 def unrolled_errors(sim, patch_tensors, y0: torch.Tensor, refs: list[torch.Tensor], static: torch.Tensor,
                     fixed: torch.Tensor, eps: torch.Tensor, gamma: float, std: torch.Tensor,
                     halo_exchange: Optional[Callable] = None, refresh: Optional[Callable] = None,
-                    pushforward: bool = False, autocast: Optional[Callable] = None) -> list[torch.Tensor]:
+                    pushforward: bool = False, autocast: Optional[Callable] = None,
+                    history: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
     """Normalised errors ``(n, C)`` of an ``len(refs)``-step unroll from ``y0 + eps``; ``refs[k]`` is the data's
     frame ``t + k + 1``; prescribed components take the data's values at every stage and step.
 
     ``refresh(y)`` makes a state's halo rows current between steps (per-layer halo mode); in L-hop mode the halo
     must hold ``len(refs) x stages x layers`` hops for the core rows to be exact. With ``pushforward`` the first
-    ``len(refs) - 1`` steps run without gradient and only the last error is returned.
+    ``len(refs) - 1`` steps run without gradient and only the last error is returned. ``history`` (n, H·C): the
+    last changes into ``y0 + eps`` for a simulator with history inputs; each step's predicted change joins it.
     """
     y = y0 + eps
     errs = []
@@ -96,7 +98,8 @@ def unrolled_errors(sim, patch_tensors, y0: torch.Tensor, refs: list[torch.Tenso
     for k, ref in enumerate(refs):
         grad_here = not pushforward or k == K - 1
         with torch.set_grad_enabled(grad_here and torch.is_grad_enabled()), (autocast() if autocast else _null()):
-            pred = sim.step(y, static, patch_tensors, y_next_fixed=ref, halo_exchange=halo_exchange, fixed=fixed)
+            pred = sim.step(y, static, patch_tensors, y_next_fixed=ref, halo_exchange=halo_exchange, fixed=fixed,
+                            history=history)
         pred = pred.to(y0.dtype)
         if grad_here:
             if k == 0:
@@ -104,9 +107,12 @@ def unrolled_errors(sim, patch_tensors, y0: torch.Tensor, refs: list[torch.Tenso
                 errs.append(((pred - y) - target) / std)
             else:
                 errs.append((pred - ref) / std)
-        y = refresh(pred) if refresh is not None else pred
+        y_next = refresh(pred) if refresh is not None else pred
+        history = sim.next_history(history, y, y_next)
+        y = y_next
         if not grad_here:
             y = y.detach()
+            history = history.detach() if history is not None else None
     return errs
 
 

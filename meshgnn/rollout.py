@@ -29,6 +29,7 @@ from .distributed import Dist, choose_device
 from .domain import LocalDomain
 from .errors import MeshgnnError
 from .metrics import SUMMARY_STEPS, field_error_sums, summarise
+from .simulator import history_features
 from .train import nonfinite_nodes, peak_gpu_mib
 
 
@@ -48,17 +49,31 @@ def component_mask(sim, node_type: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ stepping
+def check_history_start(sim, start: int) -> None:
+    """A model with history inputs needs ``history`` frames before the start frame."""
+    if start < sim.history:
+        raise MeshgnnError(f"--start {start}: the model reads the last {sim.history} state change(s) (trained "
+                           f"with --history {sim.history}), so a rollout starts at frame {sim.history} or later")
+
+
 class PatchedState:
-    """The state of this rank's patches (a :class:`LocalDomain`) on one trajectory, and how to step it."""
+    """The state of this rank's patches (a :class:`LocalDomain`) on one trajectory, and how to step it. For a
+    simulator with history inputs it also carries the last changes per patch (``history``, (n_p, H·C) each)."""
 
     def __init__(self, sim, domain: LocalDomain, traj: str):
         self.sim, self.domain, self.traj = sim, domain, traj
         self.static = domain.static(traj)
         self.fixed = [sim.fixed_mask(p.tensors.node_type) for p in domain.patches]     # as the simulator takes it
         self.free = [~component_mask(sim, p.tensors.node_type) for p in domain.patches]   # (n_p, C) predicted
+        self.history = [None] * len(domain.patches)
 
     def initial(self, start: int = 0) -> list[torch.Tensor]:
-        """``[(n_p, C)]`` the data's frame ``start`` per patch."""
+        """``[(n_p, C)]`` the data's frame ``start`` per patch; the history becomes the data's changes into it."""
+        H = self.sim.history
+        if H:
+            check_history_start(self.sim, start)
+            frames = [self.domain.frame(self.traj, start - k) for k in range(H + 1)]   # [frame][patch]
+            self.history = [history_features(list(per_patch)) for per_patch in zip(*frames)]
         return self.domain.frame(self.traj, start)
 
     def reference(self, k: int) -> list:
@@ -69,11 +84,14 @@ class PatchedState:
 
     @torch.no_grad()
     def advance(self, ys, refs) -> list[torch.Tensor]:
-        """One time step of every patch, then the halo refresh (collective); new tensors, inputs untouched."""
+        """One time step of every patch, then the halo refresh (collective); new tensors, inputs untouched (the
+        history moves on by this step's change)."""
         ex = self.domain.layer_exchange
-        out = [self.sim.step(y, s, p.tensors, y_next_fixed=r, fixed=f, halo_exchange=ex)
-               for y, s, p, r, f in zip(ys, self.static, self.domain.patches, refs, self.fixed)]
-        return self.domain.refresh(out)
+        out = [self.sim.step(y, s, p.tensors, y_next_fixed=r, fixed=f, halo_exchange=ex, history=h)
+               for y, s, p, r, f, h in zip(ys, self.static, self.domain.patches, refs, self.fixed, self.history)]
+        out = self.domain.refresh(out)
+        self.history = [self.sim.next_history(h, y, o) for h, y, o in zip(self.history, ys, out)]
+        return out
 
 
 @dataclass
@@ -259,6 +277,7 @@ def _open_run(cfg: RolloutConfig, comm, model=None) -> _Run:
     start = int(getattr(cfg, "start", 0) or 0)
     if not 0 <= start < T:
         raise MeshgnnError(f"{cfg.dataset}: /trajectories/{traj}: --start {start} outside its frames 0..{T - 1}")
+    check_history_start(sim, start)
     steps = cfg.steps or T - 1 - start    # beyond the data: a forecast, prescribed entries hold their values
     if steps < 1:
         raise MeshgnnError(f"{cfg.dataset}: /trajectories/{traj}: needs at least 2 time steps from frame {start} "

@@ -4,6 +4,10 @@ One time step maps the state ``y_n`` (N, C) of the dataset's state fields to ``y
 ``k_i = f(constrain(y_n + Σ_j a_ij k_j))``, ``y_{n+1} = y_n + Σ_i b_i k_i`` with ``f`` the de-normalised MGN output
 (per-step change units, Δt absorbed). Forward Euler reduces to the original MeshGraphNets update.
 Nodes whose type is *prescribed* (Dirichlet, e.g. inlets) keep the values the data gives them.
+
+With ``history`` H > 0 the rate also reads the last H changes ``y_n - y_{n-1}, ..., y_{n-H+1} - y_{n-H}``
+(:func:`history_features`, (N, H·C), newest first), constant over the stages of a step; a rollout carries them
+forward with :meth:`Simulator.next_history` (docs/design.md, "History inputs").
 """
 from __future__ import annotations
 
@@ -127,15 +131,16 @@ class Simulator(nn.Module):
     def __init__(self, layout: FieldLayout, latent: int = 128, layers: int = 15, hidden_layers: int = 2,
                  integrator: str = "euler", concat_trick: bool = True, checkpoint_layers: bool = False,
                  checkpoint_stages: bool = False, freeze_after: int = 10_000, checkpoint_segments: int = 0,
-                 checkpoint_storage: str = "float32", memory_budget: str = ""):
+                 checkpoint_storage: str = "float32", memory_budget: str = "", history: int = 0):
         super().__init__()
         self.layout = layout
         self.method = integrators.get_method(integrator)
         self.integrator = integrator
         self.checkpoint_stages = checkpoint_stages
         self._config = dict(latent=latent, layers=layers, hidden_layers=hidden_layers, integrator=integrator,
-                            concat_trick=concat_trick, freeze_after=freeze_after)
-        node_in = layout.state_size + layout.static_size + layout.num_node_types
+                            concat_trick=concat_trick, freeze_after=freeze_after, history=history)
+        self.history = int(history)
+        node_in = layout.state_size * (1 + self.history) + layout.static_size + layout.num_node_types
         self.edge_size = edge_feature_size(layout.dim)
         self.model = MeshGraphNet(node_in, self.edge_size, layout.state_size, latent=latent, layers=layers,
                                   hidden_layers=hidden_layers, concat_trick=concat_trick,
@@ -146,6 +151,8 @@ class Simulator(nn.Module):
         self.node_normalizer = Normalizer(layout.state_size + layout.static_size, freeze_after)
         self.edge_normalizer = Normalizer(self.edge_size, freeze_after)
         self.target_normalizer = Normalizer(layout.state_size, freeze_after)
+        if self.history:
+            self.history_normalizer = Normalizer(layout.state_size * self.history, freeze_after)
         # the state's range over the training frames seen (per component), for range checks and --clamp
         self.register_buffer("state_lo", torch.full((layout.state_size,), float("inf"), dtype=torch.float64))
         self.register_buffer("state_hi", torch.full((layout.state_size,), -float("inf"), dtype=torch.float64))
@@ -198,7 +205,15 @@ class Simulator(nn.Module):
         return torch.where(fixed, y, torch.minimum(torch.maximum(y, lo), hi))
 
     def normalizers(self) -> list[Normalizer]:
-        return [self.node_normalizer, self.edge_normalizer, self.target_normalizer]
+        """Node, edge, target and (with ``history``) history normalizers, in that order."""
+        extra = [self.history_normalizer] if self.history else []
+        return [self.node_normalizer, self.edge_normalizer, self.target_normalizer, *extra]
+
+    def next_history(self, history: Optional[torch.Tensor], y: torch.Tensor, y_next: torch.Tensor):
+        """The history ``(n, H·C)`` after the step ``y -> y_next`` (the newest change first); None without one."""
+        if not self.history:
+            return None
+        return torch.cat([y_next - y, history[:, :-y.shape[1]]], dim=1)
 
     def fixed_mask(self, node_type: torch.Tensor) -> torch.Tensor:
         """(n, C) bool: the state components the data prescribes at each node (per-field Dirichlet values)."""
@@ -211,9 +226,10 @@ class Simulator(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ the physics
     def rate(self, y: torch.Tensor, static: torch.Tensor, patch: PatchTensors, edge_latent: torch.Tensor,
-             halo_exchange: Optional[Callable] = None) -> torch.Tensor:
-        """``f(y)``: the per-step rate ``(n, C)`` in physical units."""
-        x = torch.cat([self.node_normalizer(torch.cat([y, static], dim=1)),
+             halo_exchange: Optional[Callable] = None, history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``f(y)``: the per-step rate ``(n, C)`` in physical units (``history`` (n, H·C) with ``history`` H > 0)."""
+        hist = [self.history_normalizer(history.to(y.dtype))] if self.history else []
+        x = torch.cat([self.node_normalizer(torch.cat([y, static], dim=1)), *hist,
                        one_hot(patch.node_type, self.layout.num_node_types).to(y.dtype)], dim=1)
         forward = self._compiled.get("forward", self.model)
         out = forward(x, patch.graph, edge_latent=edge_latent, halo_exchange=halo_exchange)
@@ -224,12 +240,18 @@ class Simulator(nn.Module):
         return encode(self.edge_normalizer(patch.edge_features.to(dtype)))
 
     def step(self, y: torch.Tensor, static: torch.Tensor, patch: PatchTensors, y_next_fixed: Optional[torch.Tensor] = None,
-             halo_exchange: Optional[Callable] = None, fixed: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One time step ``y_n -> y_{n+1}`` (out of place).
+             halo_exchange: Optional[Callable] = None, fixed: Optional[torch.Tensor] = None,
+             history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One time step ``y_n -> y_{n+1}`` (out of place); ``history`` (n, H·C): the last H changes, required
+        when the simulator was built with ``history`` H > 0 (:func:`history_features`).
 
         Prescribed components (``fixed`` (n, C), or (n,) for whole rows) keep ``y``'s values on every stage input;
         in the result they take ``y_next_fixed``'s values when given (the data's next boundary values), else ``y``'s.
         """
+        if self.history and (history is None or history.shape != (y.shape[0], y.shape[1] * self.history)):
+            got = "none" if history is None else tuple(history.shape)
+            raise ValueError(f"this model reads the last {self.history} state change(s): history must be "
+                             f"({y.shape[0]}, {y.shape[1] * self.history}), got {got}")
         if fixed is None:
             fixed = self.fixed_mask(patch.node_type)
         if fixed.dim() == 1:
@@ -240,7 +262,7 @@ class Simulator(nn.Module):
             return torch.where(fixed, y, z)
 
         def rate(z):
-            return self.rate(z, static, patch, edge_latent, halo_exchange)
+            return self.rate(z, static, patch, edge_latent, halo_exchange, history)
 
         y_next = integrators.rk_step(rate, y, self.method, dt=1.0, constrain=constrain,
                                      checkpoint_stages=self.checkpoint_stages and torch.is_grad_enabled())
@@ -249,6 +271,12 @@ class Simulator(nn.Module):
         if y_next_fixed is not None:
             y_next = torch.where(fixed, y_next_fixed, y_next)
         return y_next
+
+
+def history_features(frames: list[torch.Tensor]) -> torch.Tensor:
+    """``(n, H·C)``: the changes between consecutive ``frames`` ``[y_t, y_{t-1}, ..., y_{t-H}]`` (each (n, C)),
+    newest first: ``[y_t - y_{t-1}, ..., y_{t-H+1} - y_{t-H}]``."""
+    return torch.cat([a - b for a, b in zip(frames[:-1], frames[1:])], dim=1)
 
 
 def training_noise(seed: int, step: int, global_ids: torch.Tensor, std: torch.Tensor, fixed: torch.Tensor,

@@ -25,7 +25,7 @@ from .domain import LocalDomain, PatchData
 from .errors import MeshgnnError
 from .config import TrainConfig
 from .recipe import Sample, draw_samples, impulsive_frames, lr_lambda, noise_key, unrolled_errors
-from .simulator import FieldLayout, Simulator, training_noise
+from .simulator import FieldLayout, Simulator, history_features, training_noise
 
 
 # ------------------------------------------------------------------------------------------------------- trainer
@@ -46,7 +46,7 @@ class Trainer:
                              integrator=cfg.integrator, checkpoint_layers=cfg.checkpoint_layers,
                              checkpoint_stages=cfg.checkpoint_stages, checkpoint_segments=cfg.checkpoint_segments,
                              checkpoint_storage=cfg.checkpoint_storage,
-                             memory_budget=cfg.memory_budget,
+                             memory_budget=cfg.memory_budget, history=cfg.history,
                              freeze_after=cfg.freeze_normalizers_after).to(self.device, self.dtype)
         for nz in self.sim.normalizers():   # statistics stay float64
             nz.to(torch.float64)
@@ -156,10 +156,12 @@ class Trainer:
     def _frame_ranges(self) -> dict[str, tuple[int, int]]:
         out = {}
         for t in self.train_trajectories:
-            lo, hi = self.first_frame[t], self.ds.num_steps(t) - self.cfg.unroll
+            # with --history H the first input frame is H past the start, so the history holds no earlier frame
+            lo, hi = self.first_frame[t] + self.cfg.history, self.ds.num_steps(t) - self.cfg.unroll
             if hi <= lo:
                 raise MeshgnnError(f"{self.cfg.dataset}: /trajectories/{t}: {self.ds.num_steps(t)} frames leave no "
-                                   f"sample for --unroll {self.cfg.unroll} from frame {lo}")
+                                   f"sample for --unroll {self.cfg.unroll} from frame {lo}"
+                                   f"{f' (--history {self.cfg.history})' if self.cfg.history else ''}")
             out[t] = (lo, hi)
         return out
 
@@ -204,7 +206,8 @@ class Trainer:
     def prepare_sample(self, patch: PatchData, sample: Sample, step: int, noise: bool = True,
                        unroll: Optional[int] = None) -> dict:
         """The tensors one sample's loss on ``patch`` needs (frames, noise, masks); ``noise=False``: clean input;
-        ``unroll``: reference frames to read (default ``--unroll``)."""
+        ``unroll``: reference frames to read (default ``--unroll``). With ``--history H``, ``history`` (n, H·C) is
+        the last H changes into the noisy input (:func:`meshgnn.simulator.history_features`)."""
         y0, y1, static = patch.frames(sample.trajectory, sample.time)
         refs = [y1] + [patch.frames(sample.trajectory, sample.time + k)[1]
                        for k in range(1, self.cfg.unroll if unroll is None else unroll)]
@@ -214,7 +217,11 @@ class Trainer:
                              self.noise_std if noise else torch.zeros_like(self.noise_std), fixed, self.dtype)
         core = tens.core_mask()
         loss_mask = core[:, None] & ~fixed                               # (n, C) entries the loss counts
-        return dict(y0=y0, y0n=y0 + eps, eps=eps, refs=refs, static=static, fixed=fixed,
+        history = None
+        if self.cfg.history:
+            past = [patch.frame(sample.trajectory, sample.time - k) for k in range(1, self.cfg.history + 1)]
+            history = history_features([y0 + eps, *past])
+        return dict(y0=y0, y0n=y0 + eps, eps=eps, refs=refs, static=static, fixed=fixed, history=history,
                     target=(y1 - y0) - self.cfg.noise_gamma * eps, core=core, loss_mask=loss_mask,
                     free_rows=core & ~fixed.all(1))
 
@@ -228,6 +235,8 @@ class Trainer:
             parts[0] += self.sim.node_normalizer.stats(torch.cat([w["y0n"], w["static"]], 1)[core]).cpu()
             parts[1] += self.sim.edge_normalizer.stats(tens.edge_features[core[tens.graph.receivers]]).cpu()
             parts[2] += self.sim.target_normalizer.stats(w["target"][w["free_rows"]]).cpu()
+            if self.cfg.history:
+                parts[3] += self.sim.history_normalizer.stats(w["history"][core]).cpu()
         flat = torch.cat(parts)
         self.comm.allreduce_(flat)
         offset = 0
@@ -258,7 +267,7 @@ class Trainer:
         errs = unrolled_errors(self.sim, patch.tensors, w["y0"], w["refs"], w["static"], w["fixed"], w["eps"],
                                self.cfg.noise_gamma, std, halo_exchange=self.halo_exchange,
                                refresh=self.halo_exchange, pushforward=self.cfg.pushforward,
-                               autocast=self._autocast)
+                               autocast=self._autocast, history=w["history"])
         mask = w["loss_mask"]
         return sum((e[mask] ** 2).sum() for e in errs) / n_loss
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import MeshgnnError
 from .recipe import Sample, unrolled_errors
 
 
@@ -28,6 +29,9 @@ class Validation:
         self.tr = trainer
         cfg = trainer.cfg
         self.trajectories = list(trainer.val_trajectories)
+        if cfg.history and 0 <= cfg.val_start < cfg.history:
+            raise MeshgnnError(f"--val-start {cfg.val_start}: with --history {cfg.history} the validation rollout "
+                               f"needs {cfg.history} earlier frame(s); start at frame {cfg.history} or later")
         self.samples = self._samples(cfg.val_samples)
 
     @property
@@ -47,8 +51,9 @@ class Validation:
         return out[:max(count, len(self.trajectories))]
 
     def start_frame(self, traj: str) -> int:
+        """``--val-start``, else past an impulsive start (and, with ``--history H``, H frames later)."""
         cfg = self.tr.cfg
-        return cfg.val_start if cfg.val_start >= 0 else self.tr.first_frame.get(traj, 0)
+        return cfg.val_start if cfg.val_start >= 0 else self.tr.first_frame.get(traj, 0) + cfg.history
 
     def rollout_steps(self, traj: str) -> int:
         left = self.tr.ds.num_steps(traj) - 1 - self.start_frame(traj)
@@ -66,7 +71,8 @@ class Validation:
             for patch in tr.patches:
                 w = tr.prepare_sample(patch, smp, 0, noise=False, unroll=1)
                 (err,) = unrolled_errors(tr.sim, patch.tensors, w["y0"], w["refs"], w["static"], w["fixed"],
-                                         w["eps"], tr.cfg.noise_gamma, std, halo_exchange=tr.halo_exchange)
+                                         w["eps"], tr.cfg.noise_gamma, std, halo_exchange=tr.halo_exchange,
+                                         history=w["history"])
                 m = w["loss_mask"]
                 total += torch.tensor([float((err[m].double() ** 2).sum()), float(m.sum())], dtype=torch.float64)
         tr.comm.allreduce_(total)

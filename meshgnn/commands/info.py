@@ -96,6 +96,8 @@ def describe_checkpoint(path) -> str:
              f"model          MeshGraphNet {sc['layers']} layers x {sc['latent']} latent, "
              f"{sc['hidden_layers']} hidden layers per MLP, {n_params:,} parameters",
              f"integrator     {sc['integrator']} (halo for exact patches: layers x stages)",
+             f"history        {sc.get('history', 0)} previous state change(s) as input"
+             f"{' (rollouts start at frame >= that)' if sc.get('history', 0) else ''}",
              f"state fields   {', '.join(f'{n}({c})' for n, c in zip(lay['state_fields'], lay['state_components']))}",
              f"static fields  {', '.join(f'{n}({c})' for n, c in zip(lay['static_fields'], lay['static_components'])) or '-'}",
              f"node types     {', '.join(lay['node_type_names'])}; prescribed: {', '.join(lay['dirichlet_types']) or '-'}",
