@@ -133,3 +133,20 @@ def test_cli_trains_describes_and_rolls_out_a_history_model(box_dataset, tmp_pat
     resume = subprocess.run([*cli, "train", str(box_dataset), "--out", str(run), "--steps", "4", "--resume",
                              "--history", "0", "--val-every", "0", *CLI_SMALL], capture_output=True, text=True)
     assert resume.returncode == 2 and "history" in resume.stderr
+
+
+def test_pyg_predict_takes_the_history_and_refuses_without(box_dataset):
+    pyg = pytest.importorskip("meshgnn.io.pyg")
+    pytest.importorskip("torch_geometric")
+    ds = Dataset(box_dataset)
+    sim = _sim(box_dataset, history=1, integrator="euler").float()
+    data = pyg.to_data(ds, TRAJ, 2)
+    with pytest.raises(MeshgnnError, match="Data.history: this model reads the last 1"):
+        pyg.predict(sim, data)
+    data.history = torch.as_tensor(ds.read_state(TRAJ, 2) - ds.read_state(TRAJ, 1))
+    with torch.no_grad():
+        got = pyg.predict(sim, data)
+        data.history = 2 * data.history + 0.1
+        other = pyg.predict(sim, data)
+    assert got.shape == (ds.num_nodes, sim.layout.state_size) and torch.isfinite(got).all()
+    assert not torch.equal(got, other)                        # the history reaches the model

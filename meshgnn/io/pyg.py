@@ -282,4 +282,12 @@ def predict(sim, data):
         raise MeshgnnError(f"Data.node_type: expected codes in [0, {lay.num_node_types}) ({lay.node_type_names})")
     y = _attr(data, "y")
     y_next = None if y is None else torch.as_tensor(y).to(device, dtype)
-    return sim.step(x, static, tens, y_next_fixed=y_next)
+    history = None
+    if sim.history:     # a model trained with --history H: Data.history (N, H·C), the last changes, newest first
+        h = _attr(data, "history")
+        if h is None or tuple(h.shape) != (x.shape[0], lay.state_size * sim.history):
+            raise MeshgnnError(f"Data.history: this model reads the last {sim.history} state change(s): expected "
+                               f"({x.shape[0]}, {lay.state_size * sim.history}), got "
+                               f"{'none' if h is None else tuple(h.shape)}")
+        history = torch.as_tensor(h).to(device, dtype)
+    return sim.step(x, static, tens, y_next_fixed=y_next, history=history)
