@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from meshgnn.memory import ALLOCATORS, allocator_in_effect, reexec_with_allocator
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "bench_accuracy_physicsnemo.py"
 
@@ -79,6 +81,8 @@ CONFIGS = {
 }
 # the multi-step option on the OpenFOAM data too, run last (dropped first when time runs short)
 CONFIGS["unroll3_openfoam"] = dict(kind="meshgnn", flags=["--unroll", "3"], datasets=("openfoam",), seeds=(0,))
+# history inputs (--history 1: the last change besides the state) on the OpenFOAM channel, whose U changes slowly
+CONFIGS["history1_openfoam"] = dict(kind="meshgnn", flags=["--history", "1"], datasets=("openfoam",), seeds=(0,))
 LAST = ("unroll3_openfoam",)
 SUMMARY_STEPS = (1, 10, 50)
 # planned steps = MARGIN x what the probe says fits, the same for every configuration, so each run ends its LR
@@ -104,6 +108,8 @@ def parse_args(argv=None):
                    help="flags added to every configuration's `meshgnn train` (last on the line)")
     p.add_argument("--plot-prefix", default=str(ROOT / "docs/img/accuracy_"), help="PNG per dataset: PREFIX<data>.png")
     p.add_argument("--report-only", action="store_true", help="only JSON, table and plots from the work folder")
+    p.add_argument("--allocator", default="auto", choices=ALLOCATORS,
+                   help="CPU malloc of every run, both meshgnn and PhysicsNeMo (meshgnn/memory.py; default auto)")
     p.add_argument("--import-cpu-s", type=float, default=-1.0, help=argparse.SUPPRESS)  # measured once, passed on
     p.add_argument("--one", help=argparse.SUPPRESS)      # DATASET:CONFIG:SEED, run in a child process
     return p.parse_args(argv)
@@ -541,7 +547,9 @@ def run_one(args) -> dict:
     if heldout not in ds.trajectories:         # another (e.g. a tiny test) dataset: hold out its last trajectory
         heldout = list(ds.trajectories)[-1]
     ranges = value_ranges(ds)
-    start = rollout_start(ds, heldout)
+    flags = CONFIGS[name]["flags"]
+    # a model with history inputs starts that many frames later (its persistence baseline starts there too)
+    start = rollout_start(ds, heldout) + (int(flags[flags.index("--history") + 1]) if "--history" in flags else 0)
     T = ds.num_steps(heldout)
     steps = DATASETS[dname]["long_factor"] * (T - 1) - start
     kind = CONFIGS[name]["kind"]
@@ -730,8 +738,9 @@ def report(args, wall: float | None = None) -> int:
     git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                          text=True).stdout.strip()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    (out / "results.json").write_text(json.dumps(dict(results=results, git=git, cpu=cpu, wall_s=wall), indent=1,
-                                                 default=float))
+    alloc = allocator_in_effect()
+    (out / "results.json").write_text(json.dumps(dict(results=results, git=git, cpu=cpu, allocator=alloc,
+                                                      wall_s=wall), indent=1, default=float))
     md = []
     for d in DATASETS:
         t = table(results, d)
@@ -740,12 +749,14 @@ def report(args, wall: float | None = None) -> int:
             plot(results, d, f"{args.plot_prefix}{d}.png")
     (out / "results.md").write_text("\n".join(md))
     print("\n".join(md))
-    print(json.dumps(dict(runs=len(slim), wall_s=wall, git=git, cpu=cpu), default=float))
+    print(json.dumps(dict(runs=len(slim), wall_s=wall, git=git, cpu=cpu, allocator=alloc), default=float))
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if argv is None and not args.one:    # every child (meshgnn runs, the PhysicsNeMo worker) inherits it
+        reexec_with_allocator(args.allocator, [str(Path(__file__).resolve()), *sys.argv[1:]])
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.one:
         r = run_one(args)

@@ -58,6 +58,7 @@ sys.path.insert(0, HERE)
 
 from meshgnn import ops  # noqa: E402
 from meshgnn.graph import Graph, edges_from_cells  # noqa: E402
+from meshgnn.memory import ALLOCATORS, allocator_in_effect, reexec_with_allocator  # noqa: E402
 from meshgnn.meshes import box_tets  # noqa: E402
 from meshgnn.model.mgn import MeshGraphNet  # noqa: E402
 
@@ -217,8 +218,11 @@ def peak_step_mib(step) -> float:
 
 
 def probe_memory(name: str, args) -> float:
-    """Fresh-process peak RSS of a step of ``name`` (ours/PyG: this script; PhysicsNeMo: its worker)."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
+    """Fresh-process peak RSS of a step of ``name`` (ours/PyG: this script; PhysicsNeMo: its worker), on glibc
+    with every block >= 64 KiB mapped afresh: the step's live peak (a caching malloc would keep the warm-up's
+    pages and show ~0 growth, so the probe runs without the preloaded one)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env.update(MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
     if name in PNEMO:
         cmd = [args.physicsnemo_python, PNEMO_SCRIPT, "--inputs", args._inputs_path, "--threads",
                str(args.threads), "--memory", PNEMO[name]]
@@ -282,7 +286,8 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
              f"{torch.cuda.get_device_name(DEVICE)}, meshgnn kernels: {ops.kernel_name(DEVICE)}")
     print(f"\ngraph: {args.grid}^3 tet grid, {graph.num_nodes:,} nodes, {graph.num_edges:,} directed edges; "
           f"15 x 128, torch {torch.__version__}, {where}; warm-up {args.warmup}, "
-          f"median of {args.repeats}; load average {loads[0]:.1f} (start) / {loads[1]:.1f} (end)")
+          f"median of {args.repeats}; load average {loads[0]:.1f} (start) / {loads[1]:.1f} (end); "
+          f"allocator {allocator_in_effect()}")
     if pnemo_info:
         print(f"PhysicsNeMo {pnemo_info.get('physicsnemo')} (torch {pnemo_info.get('torch')}, "
               f"graph: {pnemo_info.get('graph')})")
@@ -353,6 +358,8 @@ def parse_args(argv=None):
     p.add_argument("--memory", action="store_true", help="also measure peak RSS per configuration")
     p.add_argument("--physicsnemo-python", default=os.environ.get("MESHGNN_PHYSICSNEMO_PYTHON", ""),
                    help="python of a venv with nvidia-physicsnemo (env MESHGNN_PHYSICSNEMO_PYTHON); empty: skip")
+    p.add_argument("--allocator", default="auto", choices=ALLOCATORS,
+                   help="CPU malloc for both sides (meshgnn/memory.py; the PhysicsNeMo worker inherits it)")
     p.add_argument("--probe", default="", help=argparse.SUPPRESS)  # internal: fresh-process memory probe
     return p.parse_args(argv)
 
@@ -360,6 +367,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     global DEVICE
     args = parse_args(argv)
+    if argv is None and not args.probe:
+        reexec_with_allocator(args.allocator, [os.path.abspath(__file__), *sys.argv[1:]])
     DEVICE = torch.device(args.device)
     if args.configs is None:
         args.configs = list(OURS[:5]) + list(PNEMO) if DEVICE.type == "cpu" else list(OURS)

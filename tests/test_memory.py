@@ -94,3 +94,45 @@ def test_huge_pages_not_claimed_after_torch_loaded():
     import torch  # noqa: F401 - loaded, so the allocator has already read its setting
     from meshgnn.memory import enable_huge_pages
     assert enable_huge_pages() is False
+
+
+# ------------------------------------------------------------------------------------------------ allocator
+def test_allocator_choice_and_its_refusals(monkeypatch):
+    from meshgnn import memory
+
+    assert memory.allocator_env("system", {}) == ("system", None)
+    assert memory.allocator_env("jemalloc", {"MESHGNN_ALLOCATOR_ACTIVE": "jemalloc"}) == ("jemalloc", None)
+    with pytest.raises(ValueError, match="--allocator 'bogus'"):
+        memory.allocator_env("bogus", {})
+    monkeypatch.setattr(memory, "find_allocator", lambda name: None)
+    assert memory.allocator_env("auto", {}) == ("system", None)          # auto: nothing installed -> glibc
+    with pytest.raises(ValueError, match="--allocator tcmalloc: libtcmalloc not found"):
+        memory.allocator_env("tcmalloc", {})
+    monkeypatch.setattr(memory, "find_allocator", lambda name: f"/opt/lib{name}.so.2" if name == "tcmalloc" else None)
+    name, env = memory.allocator_env("auto", {"LD_PRELOAD": "/x/libfoo.so"})
+    assert name == "tcmalloc" and env["LD_PRELOAD"] == "/opt/libtcmalloc.so.2:/x/libfoo.so"
+    assert env["MESHGNN_ALLOCATOR_ACTIVE"] == "tcmalloc" and "MALLOC_CONF" not in env
+    assert memory.allocator_env("auto", {"LD_PRELOAD": "/opt/libtcmalloc.so.2"}) == ("tcmalloc", None)
+
+
+@pytest.mark.skipif(not __import__("meshgnn.memory").memory.find_allocator("jemalloc"),
+                    reason="libjemalloc not installed (apt-get install libjemalloc2)")
+def test_cli_reexecutes_with_jemalloc_and_records_it(box_dataset, tmp_path):
+    """``meshgnn train`` runs on jemalloc by default (the process maps it; run.json says so); ``--allocator
+    system`` does not; both train the same model bit for bit (the allocator changes no arithmetic)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MESHGNN_ALLOCATOR_ACTIVE",
+                                                            "MESHGNN_ALLOCATOR")}
+    losses = {}
+    for choice in ("auto", "system", "budget"):     # budget: auto with --memory-budget -> glibc
+        out = tmp_path / choice
+        extra = ["--memory-budget", "8"] if choice == "budget" else ["--allocator", choice]
+        p = subprocess.run([sys.executable, "-m", "meshgnn.cli", "--debug", "train", str(box_dataset), "--out",
+                            str(out), "--steps", "2", "--layers", "2", "--latent", "16", "--hidden-layers", "1",
+                            "--val-every", "0", "--progress", "false", *extra],
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr
+        want = "jemalloc" if choice == "auto" else "system"
+        assert f"allocator: {want}" in p.stderr
+        assert json.loads((out / "run.json").read_text())["allocator"] == want
+        losses[choice] = (out / "train_log.csv").read_text().splitlines()[-1].split(",")[1]
+    assert losses["auto"] == losses["system"]
