@@ -140,8 +140,7 @@ def reexec_with_allocator(choice: str, argv: list[str]) -> str:
         return name
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv], env)
-    return name   # not reached
+    os.execve(sys.executable, [sys.executable, *argv], env)   # replaces this process; raises OSError on failure
 
 
 def allocator_in_effect() -> str:

@@ -69,12 +69,13 @@ class PatchedState:
 
     def initial(self, start: int = 0) -> list[torch.Tensor]:
         """``[(n_p, C)]`` the data's frame ``start`` per patch; the history becomes the data's changes into it."""
+        ys = self.domain.frame(self.traj, start)
         H = self.sim.history
         if H:
             check_history_start(self.sim, start)
-            frames = [self.domain.frame(self.traj, start - k) for k in range(H + 1)]   # [frame][patch]
+            frames = [ys] + [self.domain.frame(self.traj, start - k) for k in range(1, H + 1)]   # [frame][patch]
             self.history = [history_features(list(per_patch)) for per_patch in zip(*frames)]
-        return self.domain.frame(self.traj, start)
+        return ys
 
     def reference(self, k: int) -> list:
         """The data's frame ``k`` per patch (its prescribed entries are imposed); ``None``s beyond the data."""
