@@ -86,23 +86,17 @@ def edge_chunks(graph: Graph, edges_per_chunk: int) -> list[Chunk]:
 
 
 def _projections(block, x: torch.Tensor):
-    """Concat trick: ``(x W_sᵀ, x W_rᵀ)`` of the first edge Linear, ``(N, H)`` each; ``(None, None)`` without it."""
-    if not block.concat_trick:
-        return None, None
-    H, w = block.latent, block.edge_mlp[0].weight
-    return x @ w[:, :H].t(), x @ w[:, H:2 * H].t()
+    """Concat trick: :meth:`GraphNetBlock.node_projections`, ``(N, H)`` each; ``(None, None)`` without it."""
+    return block.node_projections(x) if block.concat_trick else (None, None)
 
 
 def _edge_tail(block, x, a, b, e_chunk: torch.Tensor, cg: Graph) -> torch.Tensor:
     """The edge MLP output ``(p1 - p0, H)`` of one chunk from the node-window rows ``x`` (no concat trick) or
     ``a, b`` (concat trick) — the operations of ``GraphNetBlock._update_edges``."""
-    first, rest = block.edge_mlp[0], block.edge_mlp[1:]
-    if block.concat_trick:
-        H = block.latent
-        h = ops.gather_add(a, b, torch.addmm(first.bias, e_chunk, first.weight[:, 2 * H:].t()), cg)
-    else:
-        h = first(torch.cat([x[cg.senders], x[cg.receivers], e_chunk], dim=-1))
-    return rest(h)
+    if not block.concat_trick:
+        return block.edge_mlp(torch.cat([x[cg.senders], x[cg.receivers], e_chunk], dim=-1))
+    h = ops.gather_add(a, b, block.edge_projection(e_chunk), cg)
+    return block.edge_mlp.after_first(h)
 
 
 def _window(t, ch: Chunk):

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from ..graph import Graph
+from .fused import MLP
 from .lowmem import STORAGE, rowwise_checkpoint, run_processor
 
 
@@ -53,8 +54,9 @@ def _narrow_layer_norm(x, weight, bias, eps: float):
     return y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype)
 
 
-def mlp(in_size: int, latent: int, out_size: int, hidden_layers: int = 2, layer_norm: bool = True) -> nn.Sequential:
-    """``hidden_layers`` Linear+ReLU layers of width ``latent``, a Linear to ``out_size``, optional LayerNorm."""
+def mlp(in_size: int, latent: int, out_size: int, hidden_layers: int = 2, layer_norm: bool = True) -> MLP:
+    """``hidden_layers`` Linear+ReLU layers of width ``latent``, a Linear to ``out_size``, optional LayerNorm
+    (an :class:`meshgnn.model.fused.MLP`: fused bias/ReLU on CPU in fp32)."""
     layers: list[nn.Module] = []
     size = in_size
     for _ in range(hidden_layers):
@@ -63,14 +65,14 @@ def mlp(in_size: int, latent: int, out_size: int, hidden_layers: int = 2, layer_
     layers.append(nn.Linear(size, out_size))
     if layer_norm:
         layers.append(LayerNorm(out_size))
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class GraphNetBlock(nn.Module):
     """One message-passing step with residual connections.
 
     With ``concat_trick`` the first edge-MLP layer ``W [x_s, x_r, e] + c`` is computed as
-    ``(W_s x)[s] + (W_r x)[r] + (W_e e + c)``: the node projections run once per node, not once per edge, and the
+    ``(W_s x)[s] + (W_r x + c)[r] + W_e e``: the node projections run once per node, not once per edge, and the
     gather-add is one fused kernel (:func:`meshgnn.ops.gather_add`). Both paths use the same parameters, so a
     checkpoint works with either.
     """
@@ -83,14 +85,21 @@ class GraphNetBlock(nn.Module):
         self.node_mlp = mlp(2 * latent, latent, latent, hidden_layers)
 
     def _update_edges(self, x: torch.Tensor, e: torch.Tensor, graph: Graph) -> torch.Tensor:
-        first, rest = self.edge_mlp[0], self.edge_mlp[1:]
-        if self.concat_trick:
-            H = self.latent
-            w_s, w_r, w_e = first.weight[:, :H], first.weight[:, H:2 * H], first.weight[:, 2 * H:]
-            h = ops.gather_add(x @ w_s.t(), x @ w_r.t(), torch.addmm(first.bias, e, w_e.t()), graph)
-        else:
-            h = first(torch.cat([x[graph.senders], x[graph.receivers], e], dim=-1))
-        return rest(h)
+        if not self.concat_trick:
+            return self.edge_mlp(torch.cat([x[graph.senders], x[graph.receivers], e], dim=-1))
+        h = ops.gather_add(*self.node_projections(x), self.edge_projection(e), graph)
+        return self.edge_mlp.after_first(h)
+
+    def node_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concat trick: ``(x W_sᵀ, x W_rᵀ + c)``, ``(N, H)`` each, the node parts of the first edge Linear. The
+        bias rides on the receiver part: every edge has one receiver, so the sum is the same, and its add and
+        gradient cost N rows instead of E."""
+        first, H = self.edge_mlp[0], self.latent
+        return x @ first.weight[:, :H].t(), torch.addmm(first.bias, x, first.weight[:, H:2 * H].t())
+
+    def edge_projection(self, e: torch.Tensor) -> torch.Tensor:
+        """Concat trick: ``e W_eᵀ`` ``(E, H)``, the edge part of the first edge Linear."""
+        return e @ self.edge_mlp[0].weight[:, 2 * self.latent:].t()
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, graph: Graph):
         new_e = self._update_edges(x, e, graph)

@@ -4,6 +4,8 @@ Public API (shapes: N nodes, E receiver-sorted edges, F features, any trailing f
     segment_sum(values (E,F), rowptr (N+1,)) -> (N,F)       sum of the incoming edge values of every node
     gather_add(a (N,F), b (N,F), c (E,F), graph) -> (E,F)   a[graph.senders] + b[graph.receivers] + c
         (the MGN concat trick: W [x_s, x_r, e] + bias = (W_s x)[s] + (W_r x)[r] + (W_e e + bias))
+    relu_backward_(grad (M,F), result (M,F)) -> (F,)    in place grad[result <= 0] = 0; returns its column sums
+        (ReLU backward fused with the bias gradient of the Linear before it; meshgnn.model.fused)
     set_backend(name) / get_backend() / use_backend(name) (context manager)
     kernel_name(device) -> "c++" | "torch" | "triton": what backend "ours" runs on that device
 
@@ -26,10 +28,11 @@ import torch
 
 from ..errors import MeshgnnError
 from . import _library
+from ._cpu import relu_backward_
 from ._cpu import rows_of_edges as _receivers
 from ._library import kernel_name
 
-__all__ = ["segment_sum", "gather_add", "set_backend", "get_backend", "use_backend", "kernel_name", "BACKENDS",
+__all__ = ["segment_sum", "gather_add", "relu_backward_", "set_backend", "get_backend", "use_backend", "kernel_name", "BACKENDS",
            "available_backends"]
 
 BACKENDS = ("ours", "torch_scatter", "pyg", "index_add")

@@ -83,7 +83,9 @@ def _load() -> ctypes.CDLL:
     lib.meshgnn_segment_sum.argtypes = [i32, p, p, p, p, i64, i64, i32]
     lib.meshgnn_segment_expand.argtypes = [i32, p, p, p, i64, i64, i32]
     lib.meshgnn_gather_add.argtypes = [i32, p, p, p, p, p, p, i64, i64, i32]
-    for fn in (lib.meshgnn_segment_sum, lib.meshgnn_segment_expand, lib.meshgnn_gather_add):
+    lib.meshgnn_relu_backward.argtypes = [i32, p, p, p, i64, i64, i32]
+    for fn in (lib.meshgnn_segment_sum, lib.meshgnn_segment_expand, lib.meshgnn_gather_add,
+               lib.meshgnn_relu_backward):
         fn.restype = i32
     return lib
 
@@ -162,6 +164,21 @@ def gather_add(a, b, c, senders, receivers, rowptr) -> torch.Tensor:
     out = torch.empty_like(c)
     _check(lib.meshgnn_gather_add(_DTYPE_CODE[c.dtype], _ptr(a), _ptr(b), _ptr(c), _ptr(senders), _ptr(rowptr),
                                   _ptr(out), n, F, _threads(c.numel())))
+    return out
+
+
+def relu_backward_(grad: torch.Tensor, result: torch.Tensor, colsum: bool = True) -> torch.Tensor | None:
+    """In place ``grad[result <= 0] = 0`` (ReLU's backward from its output ``result``), ``(M,F)``; returns the column
+    sums ``(F,)`` of the new ``grad`` (the bias gradient of the Linear before the ReLU), or None without ``colsum``.
+    One pass over ``grad`` instead of threshold_backward + sum; summed in fixed row blocks (thread-count
+    independent)."""
+    lib = _native(grad)
+    if lib is None or grad.numel() == 0 or grad.dtype != result.dtype:
+        grad.masked_fill_(result <= 0, 0)
+        return grad.sum(0) if colsum else None
+    out = grad.new_empty(grad.shape[1]) if colsum else None
+    _check(lib.meshgnn_relu_backward(_DTYPE_CODE[grad.dtype], _ptr(grad), _ptr(result), _ptr(out), grad.shape[0],
+                                     grad.shape[1], _threads(grad.numel())))
     return out
 
 

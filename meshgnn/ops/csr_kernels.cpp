@@ -7,6 +7,7 @@
 // dtype codes: 0 float32, 1 float64, 2 bfloat16 (accumulated in float32, rounded once to nearest even).
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 typedef int64_t i64;
 
@@ -109,6 +110,60 @@ static void gather_add(const void* a, const void* b, const void* c, const i64* s
   }
 }
 
+// ReLU backward fused with the bias gradient of the Linear before the ReLU: g[r] = y[r] <= 0 ? 0 : g[r] in place
+// (as torch's threshold_backward: a NaN output keeps its gradient),
+// colsum = sum over rows of the new g. Rows are summed in fixed blocks of ROWS_PER_BLOCK (one thread per block)
+// and the block sums added in block order, so the result does not depend on the thread count.
+static const i64 ROWS_PER_BLOCK = 256;
+
+template <class T>
+struct ReluGradBlock {
+  typename T::S* __restrict g; const typename T::S* __restrict y; double* __restrict part;
+  i64 F, r0, r1;
+  template <int W> inline void tile(i64 f0) {
+    typename T::A acc[W];
+    for (int f = 0; f < W; f++) acc[f] = 0;
+    for (i64 r = r0; r < r1; r++) {
+      typename T::S* __restrict gr = g + r * F + f0;
+      const typename T::S* __restrict yr = y + r * F + f0;
+      for (int f = 0; f < W; f++) {
+        typename T::A v = T::load(yr[f]) <= 0 ? (typename T::A)0 : T::load(gr[f]);
+        gr[f] = T::store(v);
+        acc[f] += T::load(gr[f]);
+      }
+    }
+    for (int f = 0; f < W; f++) part[f0 + f] = (double)acc[f];
+  }
+};
+
+template <class T>
+static int relu_backward(void* g, const void* y, void* colsum, i64 rows, i64 F, int nt) {
+  const i64 nb = (rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+  double* part = colsum ? new (std::nothrow) double[nb * F] : nullptr;
+  if (colsum && !part) return 2;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (i64 k = 0; k < nb; k++) {
+    const i64 r0 = k * ROWS_PER_BLOCK, r1 = r0 + ROWS_PER_BLOCK < rows ? r0 + ROWS_PER_BLOCK : rows;
+    if (part) {
+      ReluGradBlock<T> body{(typename T::S*)g, (const typename T::S*)y, part + k * F, F, r0, r1};
+      for_tiles(F, body);
+    } else {
+      typename T::S* gg = (typename T::S*)g; const typename T::S* yy = (const typename T::S*)y;
+      for (i64 i = r0 * F; i < r1 * F; i++) if (T::load(yy[i]) <= 0) gg[i] = T::store(0);
+    }
+  }
+  if (part) {
+    typename T::S* out = (typename T::S*)colsum;
+    for (i64 f = 0; f < F; f++) {
+      double acc = 0;
+      for (i64 k = 0; k < nb; k++) acc += part[k * F + f];
+      out[f] = T::store((typename T::A)acc);
+    }
+    delete[] part;
+  }
+  return 0;
+}
+
 #define DISPATCH(code, CALL)                        \
   switch (code) {                                   \
     case 0: { typedef F32 T; CALL; } return 0;      \
@@ -129,5 +184,13 @@ int meshgnn_segment_expand(int dtype, const void* x, const i64* rowptr, void* ou
 int meshgnn_gather_add(int dtype, const void* a, const void* b, const void* c, const i64* senders,
                        const i64* rowptr, void* out, i64 n, i64 F, int nt) {
   DISPATCH(dtype, gather_add<T>(a, b, c, senders, rowptr, out, n, F, nt))
+}
+int meshgnn_relu_backward(int dtype, void* g, const void* y, void* colsum, i64 rows, i64 F, int nt) {
+  switch (dtype) {
+    case 0: return relu_backward<F32>(g, y, colsum, rows, F, nt);
+    case 1: return relu_backward<F64>(g, y, colsum, rows, F, nt);
+    case 2: return relu_backward<BF16>(g, y, colsum, rows, F, nt);
+    default: return 1;
+  }
 }
 }
