@@ -242,8 +242,11 @@ class TrainConfig:
                                                   "(0: the state only, as MeshGraphNets); training and rollouts "
                                                   "then start H frames later", "min": 0})
     noise_std: list[float] = field(default_factory=lambda: [0.05],
-                                   metadata={"help": "training noise std per state component, in units of the "
-                                                     "field's std over the data (one value: all)"})
+                                   metadata={"help": "training noise std per state component, in units of "
+                                                     "--noise-scale (one value: all)"})
+    noise_scale: str = field(default="field", metadata={"help": "unit of --noise-std per component: field (the "
+                                                                "field's std over the data) or step (the std of its "
+                                                                "one-step change)", "choices": ["field", "step"]})
     noise_gamma: float = field(default=1.0, metadata={"help": "noise target correction gamma (1 for CFD)"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, sampling and noise"})
     parts: str = field(default="", metadata={"help": "part store (from `meshgnn partition`); empty: whole graph"})

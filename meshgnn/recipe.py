@@ -44,20 +44,34 @@ def noise_key(step: int, index: int, batch: int) -> int:
     return step * batch + index
 
 
-def impulsive_frames(change_rms: list[float], ratio: float = 10.0) -> int:
-    """How many leading transitions to skip: ``change_rms[k]`` is the RMS change of frame k -> k+1 (k = 0, 1,
-    ...); leading transitions ``ratio`` times larger than the median of the rest are an impulsive start (a
-    solver initialised at rest, developed flow one snapshot later) that no local model can learn."""
-    if len(change_rms) < 3:
-        return 0
+def impulsive_frames(change_rms, ratio: float = 10.0) -> int:
+    """How many leading transitions to skip. ``change_rms[k]`` is the RMS change of frame k -> k+1 (k = 0, 1, ...),
+    one value or one per state field (``(K,)`` or ``(K, F)``). A leading transition is an *impulsive start* (a
+    solver initialised at rest, developed flow one snapshot later, which no local model can learn) when, for
+    any field, it is ``ratio`` times larger than the median of that field's later transitions. Per field, so a
+    field with large, oscillating changes (a pressure) cannot hide another field's jump."""
+    rms = np.asarray(change_rms, dtype=np.float64)
+    rms = rms.reshape(rms.shape[0], -1)
     skip = 0
-    while skip < len(change_rms) - 2:
-        rest = np.median(change_rms[skip + 1:])
-        if rest > 0 and change_rms[skip] > ratio * rest:
+    while skip < rms.shape[0] - 2:
+        rest = np.median(rms[skip + 1:], axis=0)
+        if np.any((rest > 0) & (rms[skip] > ratio * rest)):
             skip += 1
         else:
             break
     return skip
+
+
+def field_change_rms(frames, components: list[int]):
+    """``(K, F)`` RMS change per transition and state field of ``K + 1`` consecutive ``(n, C)`` frames (numpy or
+    torch, fields' components concatenated as ``components``); the input of :func:`impulsive_frames`."""
+    bounds = np.cumsum([0, *components])
+    out = np.zeros((len(frames) - 1, len(components)))
+    for k, (a, b) in enumerate(zip(frames, frames[1:])):
+        d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+        for f in range(len(components)):
+            out[k, f] = np.sqrt(np.mean(d[:, bounds[f]:bounds[f + 1]] ** 2)) if d.size else 0.0
+    return out
 
 
 def lr_lambda(schedule: str, steps: int, warmup: int, decay_to: float) -> Callable[[int], float]:

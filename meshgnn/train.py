@@ -119,22 +119,27 @@ class Trainer:
         self.comm.allreduce_(n)
         return int(n[0]) // max(self.cfg.data_parallel, 1)
 
-    def _change_rms(self, traj: str, probe: int = 6) -> list[float]:
-        """RMS change of the first ``probe`` transitions k -> k+1 of ``traj`` (owned nodes, all ranks)."""
+    def _change_rms(self, traj: str, probe: int = 10) -> np.ndarray:
+        """``(K, F)`` RMS change of the first ``probe`` transitions k -> k+1 of ``traj`` per state field (owned
+        nodes, all ranks)."""
         T = self.ds.num_steps(traj)
         K = min(probe, T - 1)
-        sums = torch.zeros(K + 1, dtype=torch.float64)
+        comps = self.layout.state_components
+        bounds = np.cumsum([0, *comps])
+        sums = torch.zeros(K * len(comps) + 1, dtype=torch.float64)
         for p in self.patches:
             core = p.tensors.core_mask()
             prev = p.frames(traj, 0)[0][core].double()
             for k in range(K):
                 nxt = p.frames(traj, k)[1][core].double()
-                sums[k] += float(((nxt - prev) ** 2).sum())
+                sq = ((nxt - prev) ** 2).sum(0)
+                for f in range(len(comps)):
+                    sums[k * len(comps) + f] += float(sq[bounds[f]:bounds[f + 1]].sum())
                 prev = nxt
-            sums[K] += float(core.sum())
+            sums[-1] += float(core.sum())
         self.comm.allreduce_(sums)
-        n = max(float(sums[K]), 1.0)
-        return [math.sqrt(float(x) / n) for x in sums[:K]]
+        n = max(float(sums[-1]), 1.0)
+        return np.sqrt(sums[:-1].numpy().reshape(K, len(comps)) / (n * np.asarray(comps)))
 
     def _first_frames(self) -> dict[str, int]:
         """First input frame per trajectory. Training: ``--train-start`` (-1: past an impulsive start).
@@ -166,7 +171,8 @@ class Trainer:
         return out
 
     def _noise_std(self) -> torch.Tensor:
-        """Noise std per state component: the user's values (relative) times the field's data std at step 0."""
+        """Noise std per state component: the user's values (relative) times a data scale per component,
+        ``--noise-scale field`` (the field's std) or ``step`` (the std of its one-step change)."""
         rel = list(self.cfg.noise_std)
         C = self.layout.state_size
         if len(rel) == 1:
@@ -175,18 +181,38 @@ class Trainer:
             raise MeshgnnError(f"--noise-std: expected 1 or {C} values (state components), got {len(rel)}")
         if not any(rel):
             return torch.zeros(C, dtype=torch.float64)
-        # A field-scale reference from the first training trajectory, owned nodes only, summed over ranks.
+        scale = self._step_std() if self.cfg.noise_scale == "step" else self._field_std()
+        return torch.tensor(rel, dtype=torch.float64) * scale
+
+    def _component_std(self, values) -> torch.Tensor:
+        """``(C,)`` std per component of the ``(n, C)`` tensors ``values`` yields, owned nodes, summed over ranks."""
+        C = self.layout.state_size
+        stats = torch.zeros(1 + 2 * C, dtype=torch.float64)
+        for y in values:
+            stats += torch.cat([y.new_tensor([y.shape[0]]), y.sum(0), (y * y).sum(0)])
+        self.comm.allreduce_(stats)
+        n = stats[0].clamp(min=1)
+        return (stats[1 + C:] / n - (stats[1:1 + C] / n) ** 2).clamp(min=0).sqrt()
+
+    def _field_std(self) -> torch.Tensor:
+        """The field scale: frames 0, T/2 and T-1 of the first training trajectory."""
         traj = self.train_trajectories[0]
         T = self.ds.num_steps(traj)
-        stats = torch.zeros(1 + 2 * C, dtype=torch.float64)
-        for p in self.patches:
-            for t in sorted({0, T // 2, T - 1}):
-                y = p.frame(traj, t)[p.core_mask()].double().cpu()
-                stats += torch.cat([y.new_tensor([y.shape[0]]), y.sum(0), (y * y).sum(0)])
-        self.comm.allreduce_(stats)
-        n = stats[0]
-        var = (stats[1 + C:] / n - (stats[1:1 + C] / n) ** 2).clamp(min=0)
-        return torch.tensor(rel, dtype=torch.float64) * var.sqrt()
+        return self._component_std(p.frame(traj, t)[p.core_mask()].double().cpu()
+                                   for p in self.patches for t in sorted({0, T // 2, T - 1}))
+
+    def _step_std(self) -> torch.Tensor:
+        """The one-step change scale: transitions at the start, middle and end of the trained frames of (up to)
+        four training trajectories."""
+        def changes():
+            for traj in self.train_trajectories[:4]:
+                lo, hi = self.frame_ranges[traj]
+                for k in sorted({lo, (lo + hi) // 2, hi - 1}):
+                    for p in self.patches:
+                        y, y_next = p.frames(traj, k)[:2]
+                        core = p.core_mask()
+                        yield (y_next[core] - y[core]).double().cpu()
+        return self._component_std(changes())
 
     # ---------------------------------------------------------------------------------------------------- a step
     def sample(self, step: int) -> tuple[list[Sample], list[int]]:

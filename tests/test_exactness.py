@@ -142,3 +142,23 @@ def test_per_layer_halo_exchange_equals_whole_graph(box_dataset, tmp_path, integ
     _, gl = grads(lhop, 0)
     _, gw = grads(trainer(box_dataset, "float64", integrator), 0)
     assert rel(gl, gw) > 1e-6
+
+
+def test_step_scaled_noise_is_the_change_std_and_equal_under_patches(box_dataset, tmp_path):
+    """``--noise-scale step``: the noise std is ``rel x`` the std of the one-step change over the sampled
+    transitions (checked against numpy on the file), the same on patches as on the whole graph, and the
+    training then matches; the field scale gives another value (so the check can fail)."""
+    whole = trainer(box_dataset, noise_scale="step")
+    store = make_store(box_dataset, tmp_path, halo=LAYERS)
+    patched = trainer(box_dataset, noise_scale="step", parts=store)
+    assert torch.allclose(patched.noise_std, whole.noise_std, rtol=1e-12)
+    ds = Dataset(box_dataset)
+    changes = []
+    for traj in whole.train_trajectories[:4]:
+        lo, hi = whole.frame_ranges[traj]
+        for k in sorted({lo, (lo + hi) // 2, hi - 1}):
+            changes.append(ds.read_state(traj, k + 1).astype(np.float64) - ds.read_state(traj, k))
+    expected = np.array([0.05, 0.02]) * np.concatenate(changes).std(0)
+    assert np.allclose(whole.noise_std.numpy(), expected, rtol=1e-9)
+    assert not torch.allclose(trainer(box_dataset).noise_std, whole.noise_std, rtol=1e-3)
+    assert_same_training(whole, patched)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from meshgnn.recipe import draw_samples, impulsive_frames, lr_lambda
+from meshgnn.recipe import draw_samples, field_change_rms, impulsive_frames, lr_lambda
 from meshgnn.train import TrainConfig, Trainer, train
 from test_exactness import assert_same_training, grads, make_store, rel, trainer
 from test_train import SMALL, params
@@ -86,6 +86,17 @@ def test_impulsive_start_detection():
     assert impulsive_frames([50.0, 40.0, 1.0, 1.1, 0.9, 1.0]) == 2
     assert impulsive_frames([2.0, 1.5, 1.2, 1.0, 0.9]) == 0          # a decaying transient is learnable: kept
     assert impulsive_frames([1.0, 1.0]) == 0
+    # per field: the OpenFOAM channel's fastest case, whose oscillating pressure hid the velocity's jump in the
+    # whole-state RMS (its first transitions: U 0.59, then 0.011; p 5.0, 9.6, then 0.09-0.6)
+    u = [0.591, 0.0109, 0.0089, 0.0074, 0.0062, 0.0055]
+    p = [5.03, 9.60, 0.085, 0.522, 0.610, 0.571]
+    whole = [float(np.sqrt((3 * a * a + b * b) / 4)) for a, b in zip(u, p)]
+    assert impulsive_frames(whole) == 0            # the old whole-state rule misses it
+    assert impulsive_frames(np.stack([u, p], axis=1)) == 2
+    frames = [np.zeros((4, 2)), np.ones((4, 2)) * [5.0, 1.0]] + [np.ones((4, 2)) * [5.0 + 0.1 * k, 1.0 + 0.01 * k]
+                                                                 for k in range(1, 5)]
+    assert field_change_rms(frames, [1, 1]).shape == (5, 2)
+    assert impulsive_frames(field_change_rms(frames, [1, 1])) == 1
 
 
 def _val_rows(path):
