@@ -83,6 +83,10 @@ CONFIGS = {
 CONFIGS["unroll3_openfoam"] = dict(kind="meshgnn", flags=["--unroll", "3"], datasets=("openfoam",), seeds=(0,))
 # history inputs (--history 1: the last change besides the state) on the OpenFOAM channel, whose U changes slowly
 CONFIGS["history1_openfoam"] = dict(kind="meshgnn", flags=["--history", "1"], datasets=("openfoam",), seeds=(0,))
+# training noise in units of each component's one-step change (--noise-scale step): the channel's U changes by
+# 1/260 of its std a step, so the default field-scaled noise is 13x its one-step change there
+CONFIGS["stepnoise_openfoam"] = dict(kind="meshgnn", flags=["--noise-scale", "step", "--noise-std", "1"],
+                                     datasets=("openfoam",), seeds=(0,))
 LAST = ("unroll3_openfoam",)
 SUMMARY_STEPS = (1, 10, 50)
 # planned steps = MARGIN x what the probe says fits, the same for every configuration, so each run ends its LR
@@ -99,7 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--data", nargs="+", default=[], metavar="NAME=PATH", help="override a dataset's cached path")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
-                   help="seeds of the multi-seed configurations (default: each configuration's own)")
+                   help="seeds of every configuration (default: each configuration's own)")
     p.add_argument("--budget-cpu-s", type=float, default=240.0, help="training CPU seconds per configuration")
     p.add_argument("--jobs", type=int, default=2, help="configurations trained at a time (one thread each)")
     p.add_argument("--physicsnemo-python", default=os.environ.get("MESHGNN_PHYSICSNEMO_PYTHON", ""),
@@ -172,14 +176,14 @@ def rollout_start(ds, traj: str) -> int:
     """The held-out rollout's first frame: past an impulsive start (``meshgnn.recipe.impulsive_frames``, the rule
     training uses), when ``meshgnn rollout`` can start later; else 0."""
     try:
-        from meshgnn.recipe import impulsive_frames
+        from meshgnn.recipe import field_change_rms, impulsive_frames
     except ImportError:
         return 0
     if "--start" not in subprocess.run(meshgnn_cli() + ["rollout", "--help"], capture_output=True, text=True,
                                        env=child_env()).stdout:
         return 0
-    ys = [np.asarray(ds.read_state(traj, k), dtype=np.float64) for k in range(min(7, ds.num_steps(traj)))]
-    return int(impulsive_frames([float(np.sqrt(np.mean((b - a) ** 2))) for a, b in zip(ys, ys[1:])]))
+    ys = [ds.read_state(traj, k) for k in range(min(11, ds.num_steps(traj)))]   # the trainer's probe
+    return int(impulsive_frames(field_change_rms(ys, [ds.fields[f].components for f in ds.state_fields])))
 
 
 # ------------------------------------------------------------------------------------------------ train config
@@ -596,7 +600,7 @@ def job_list(args) -> list[tuple[str, str, int]]:
             spec = CONFIGS[name]
             if spec["kind"] == "physicsnemo" and not args.physicsnemo_python:
                 continue
-            seeds = list(args.seeds) if (args.seeds is not None and len(spec["seeds"]) > 1) else list(spec["seeds"])
+            seeds = list(args.seeds) if args.seeds is not None else list(spec["seeds"])
             if rank < len(seeds):
                 jobs += [(d, name, seeds[rank]) for d in args.datasets if d in spec["datasets"]]
     late = [j for j in jobs if j[1] in LAST]          # optional extras go after every integrator seed

@@ -7,6 +7,8 @@ targets; 8 node and 4 edge input features, 3 outputs):
   * ``ours bf16``            the same under ``torch.autocast(dtype=bfloat16)``, fp32 master weights
   * ``ours fp32 ckpt``       the same with ``checkpoint_layers=True`` (activation checkpointing per block)
   * ``ours fp32 no-concat``  ``concat_trick=False`` (edge MLP on ``cat[x_s, x_r, e]``)
+  * ``ours fp32 unfused``    the MLPs module by module (``MLP.fused = False``: addmm, ReLU, autograd), the
+                             baseline of the fused CPU path (meshgnn.model.fused)
   * ``PyG``                  a plain torch_geometric ``MessagePassing`` MGN (benchmarks/pyg_mgn.py, same function:
                              tests/test_pyg_baseline.py)
   * ``... compiled``         the same forward under ``torch.compile`` (inductor fuses the element-wise work;
@@ -60,11 +62,12 @@ from meshgnn import ops  # noqa: E402
 from meshgnn.graph import Graph, edges_from_cells  # noqa: E402
 from meshgnn.memory import ALLOCATORS, allocator_in_effect, reexec_with_allocator  # noqa: E402
 from meshgnn.meshes import box_tets  # noqa: E402
+from meshgnn.model.fused import MLP  # noqa: E402
 from meshgnn.model.mgn import MeshGraphNet  # noqa: E402
 
 NODE_IN, EDGE_IN, NODE_OUT = 8, 4, 3
 PNEMO_SCRIPT = os.path.join(HERE, "bench_train_step_physicsnemo.py")
-OURS = ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat", "PyG", "ours tf32", "PyG bf16",
+OURS = ("ours fp32", "ours bf16", "ours fp32 ckpt", "ours fp32 no-concat", "ours fp32 unfused", "PyG", "ours tf32", "PyG bf16",
         "ours fp32 compiled", "ours bf16 compiled", "PyG compiled", "PyG bf16 compiled")
 DEVICE = torch.device("cpu")   # set by main (--device)
 PNEMO = {"PhysicsNeMo concat": "concat", "PhysicsNeMo no-concat": "noconcat", "PhysicsNeMo concat bf16": "concat-bf16"}
@@ -168,7 +171,10 @@ def build(name: str, problem):
     bf16 = "bf16" in name
     precision = "high" if "tf32" in name else "highest"
 
+    fused = "unfused" not in name
+
     def step():
+        MLP.fused = fused
         optimizer.zero_grad(set_to_none=True)
         torch.set_float32_matmul_precision(precision)
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
@@ -177,6 +183,7 @@ def build(name: str, problem):
         loss.backward()
         optimizer.step()
         torch.set_float32_matmul_precision("highest")
+        MLP.fused = True
         return float(loss.detach())
 
     return model, step
@@ -311,7 +318,8 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
             continue
         parts = [f"vs {b}: {fmt_ratio(med.get(b, float('nan')), med[ours])}"
                  for b in ("PyG", "PyG bf16", "PyG compiled", "PyG bf16 compiled", "PhysicsNeMo concat",
-                           "PhysicsNeMo no-concat", "PhysicsNeMo concat bf16") if b in med]
+                           "PhysicsNeMo no-concat", "PhysicsNeMo concat bf16", "ours fp32 unfused")
+                 if b in med and b != ours]
         parts += [f"cpu-time vs {b}: {fmt_ratio(med_cpu.get(b, float('nan')), med_cpu[ours])}"
                   for b in ("PyG", "PhysicsNeMo concat") if b in med_cpu]
         print(f"  {ours:22s} " + ", ".join(parts))
@@ -320,7 +328,7 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
     if best32 is None:
         print("targets: no fp32 configuration of ours was run")
     else:   # the targets are judged on the fastest configuration of ours that ran (eager or compiled)
-        gemm_note = f">= 75% of GEMM: {100 * rows[best32][3]:.0f}% {'MET' if rows[best32][3] >= 0.75 else 'NOT met'}"
+        gemm_note = f">= 80% of GEMM: {100 * rows[best32][3]:.0f}% {'MET' if rows[best32][3] >= 0.80 else 'NOT met'}"
         if "PhysicsNeMo concat" in med:
             r32 = med["PhysicsNeMo concat"] / med[best32]
             rbf = med["PhysicsNeMo concat"] / med[best16] if best16 else float("nan")
