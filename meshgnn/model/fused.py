@@ -31,9 +31,10 @@ from .. import ops
 
 def _linear_pointwise():
     """oneDNN's fused linear (``mkldnn._linear_pointwise``) if this torch has it, else None."""
-    if not torch.backends.mkldnn.is_available():
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):     # a torch build without the op: the plain path everywhere
         return None
-    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 _LINEAR = _linear_pointwise()
