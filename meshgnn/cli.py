@@ -48,7 +48,7 @@ THREADS_HELP = ("CPU threads per process (default: the cores this process may us
 
 
 ALLOCATOR_HELP = ("CPU memory allocator for train/rollout/demo: auto (jemalloc, else tcmalloc, where installed: "
-                  "~2.5x faster CPU training steps than glibc's, at ~1.75x the peak RSS), jemalloc, tcmalloc, or "
+                  "~2.8x faster CPU training steps than glibc's at about its peak RSS), jemalloc, tcmalloc, or "
                   "system (glibc: the lowest peak; what auto takes with --memory-budget); default $MESHGNN_ALLOCATOR "
                   "or auto")
 HEAVY_COMMANDS = ("train", "rollout", "demo")   # the commands that re-execute with the allocator preloaded

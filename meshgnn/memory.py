@@ -5,8 +5,9 @@ tcmalloc, loaded with ``LD_PRELOAD`` by re-executing the command once at start (
 before torch or MPI load). Every freed CPU tensor larger than glibc's mmap threshold otherwise goes back to the
 kernel and its successor is zero-filled page by page: on an Intel Xeon VM a 15 x 128 training step of a
 10,648-node mesh spent more CPU time in the kernel than in PyTorch (sys 13 s, user 12 s, 4.3M page faults; 15.2 s
-per step), with jemalloc 5.8 s (sys 0.2 s) at 1.75x the peak RSS (3.15 -> 5.5 GB), benchmarks/RESULTS.md
-"Allocator". ``--allocator system`` keeps glibc (the lowest peak; what ``--memory-budget`` plans for).
+per step), with jemalloc 5.8 s (sys 0.2 s); on the fused step 12.7 s -> 4.5 s at 0.97x glibc's peak RSS
+(benchmarks/bench_allocator.py, benchmarks/RESULTS.md "Fused MLPs"). ``--allocator system`` keeps glibc (what
+``--memory-budget`` plans for: the planner budgets the live peak).
 
 :func:`keep_freed_memory` asks glibc's malloc to keep freed blocks for reuse instead of returning them to the OS:
 every tensor larger than glibc's mmap threshold (at most 32 MiB by default) otherwise gets fresh pages from the

@@ -62,16 +62,21 @@ def impulsive_frames(change_rms, ratio: float = 10.0) -> int:
     return skip
 
 
-def field_change_rms(frames, components: list[int]):
-    """``(K, F)`` RMS change per transition and state field of ``K + 1`` consecutive ``(n, C)`` frames (numpy or
-    torch, fields' components concatenated as ``components``); the input of :func:`impulsive_frames`."""
+def per_field_rms(sumsq, count: float, components: list[int]) -> np.ndarray:
+    """``(K, F)`` RMS per row and state field from per-component sums of squares ``sumsq (K, C)`` over ``count``
+    nodes (fields' components concatenated as ``components``)."""
+    sumsq = np.asarray(sumsq, dtype=np.float64).reshape(-1, sum(components))
     bounds = np.cumsum([0, *components])
-    out = np.zeros((len(frames) - 1, len(components)))
-    for k, (a, b) in enumerate(zip(frames, frames[1:])):
-        d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-        for f in range(len(components)):
-            out[k, f] = np.sqrt(np.mean(d[:, bounds[f]:bounds[f + 1]] ** 2)) if d.size else 0.0
-    return out
+    per_field = np.stack([sumsq[:, a:b].sum(1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+    return np.sqrt(per_field / (max(count, 1.0) * np.asarray(components, dtype=np.float64)))
+
+
+def field_change_rms(frames, components: list[int]) -> np.ndarray:
+    """``(K, F)`` RMS change per transition and state field of ``K + 1`` consecutive ``(n, C)`` frames (numpy or
+    torch); the input of :func:`impulsive_frames`."""
+    ys = [np.asarray(y, dtype=np.float64) for y in frames]
+    sumsq = [((b - a) ** 2).sum(0) for a, b in zip(ys, ys[1:])]
+    return per_field_rms(np.reshape(sumsq, (len(sumsq), sum(components))), ys[0].shape[0], components)
 
 
 def lr_lambda(schedule: str, steps: int, warmup: int, decay_to: float) -> Callable[[int], float]:

@@ -24,7 +24,7 @@ from .distributed import Dist, choose_device
 from .domain import LocalDomain, PatchData
 from .errors import MeshgnnError
 from .config import TrainConfig
-from .recipe import Sample, draw_samples, impulsive_frames, lr_lambda, noise_key, unrolled_errors
+from .recipe import Sample, draw_samples, impulsive_frames, lr_lambda, noise_key, per_field_rms, unrolled_errors
 from .simulator import FieldLayout, Simulator, history_features, training_noise
 
 
@@ -122,24 +122,19 @@ class Trainer:
     def _change_rms(self, traj: str, probe: int = 10) -> np.ndarray:
         """``(K, F)`` RMS change of the first ``probe`` transitions k -> k+1 of ``traj`` per state field (owned
         nodes, all ranks)."""
-        T = self.ds.num_steps(traj)
-        K = min(probe, T - 1)
-        comps = self.layout.state_components
-        bounds = np.cumsum([0, *comps])
-        sums = torch.zeros(K * len(comps) + 1, dtype=torch.float64)
+        K = min(probe, self.ds.num_steps(traj) - 1)
+        C = self.layout.state_size
+        sums = torch.zeros(K * C + 1, dtype=torch.float64)     # per-component sums of squares, then the count
         for p in self.patches:
             core = p.tensors.core_mask()
-            prev = p.frames(traj, 0)[0][core].double()
+            prev = p.frame(traj, 0)[core].double()
             for k in range(K):
-                nxt = p.frames(traj, k)[1][core].double()
-                sq = ((nxt - prev) ** 2).sum(0)
-                for f in range(len(comps)):
-                    sums[k * len(comps) + f] += float(sq[bounds[f]:bounds[f + 1]].sum())
+                nxt = p.frame(traj, k + 1)[core].double()
+                sums[k * C:(k + 1) * C] += ((nxt - prev) ** 2).sum(0).cpu()
                 prev = nxt
             sums[-1] += float(core.sum())
         self.comm.allreduce_(sums)
-        n = max(float(sums[-1]), 1.0)
-        return np.sqrt(sums[:-1].numpy().reshape(K, len(comps)) / (n * np.asarray(comps)))
+        return per_field_rms(sums[:-1].reshape(K, C).numpy(), float(sums[-1]), self.layout.state_components)
 
     def _first_frames(self) -> dict[str, int]:
         """First input frame per trajectory. Training: ``--train-start`` (-1: past an impulsive start).

@@ -32,8 +32,8 @@ from ._cpu import relu_backward_
 from ._cpu import rows_of_edges as _receivers
 from ._library import kernel_name
 
-__all__ = ["segment_sum", "gather_add", "relu_backward_", "set_backend", "get_backend", "use_backend", "kernel_name", "BACKENDS",
-           "available_backends"]
+__all__ = ["segment_sum", "gather_add", "relu_backward_", "set_backend", "get_backend", "use_backend", "kernel_name",
+           "BACKENDS", "available_backends"]
 
 BACKENDS = ("ours", "torch_scatter", "pyg", "index_add")
 _BACKEND = "ours"
