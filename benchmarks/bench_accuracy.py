@@ -34,6 +34,13 @@ range, all trajectories and frames), and on ``column`` a rollout twice the traje
         --jobs 2 --physicsnemo-python /tmp/pnemo-venv/bin/python
 
 ``--report-only`` rebuilds table, JSON and plots from the work folder; ``--configs``/``--datasets`` select.
+
+On a GPU (``--device cuda --budget-wall-s S``): every run (meshgnn's CLI with ``--device cuda``, the PhysicsNeMo
+worker with its model on the GPU) trains for ``S`` **wall-clock seconds** instead (the GPU's time is the cost
+there; CPU time is not), probes and stops on the wall clock (CUDA synchronised), and ``--jobs`` runs share the one
+card, as stated in the report.
+
+    python benchmarks/bench_accuracy.py --device cuda --budget-wall-s 200 --jobs 5 --physicsnemo-python PY
 """
 from __future__ import annotations
 
@@ -104,7 +111,12 @@ def parse_args(argv=None):
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="seeds of every configuration (default: each configuration's own)")
-    p.add_argument("--budget-cpu-s", type=float, default=240.0, help="training CPU seconds per configuration")
+    p.add_argument("--budget-cpu-s", type=float, default=240.0,
+                   help="training CPU seconds per configuration (--device cpu)")
+    p.add_argument("--budget-wall-s", type=float, default=0.0,
+                   help="training wall-clock seconds per configuration (--device cuda; required there)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where every run trains and rolls out (cuda: the budget is wall-clock)")
     p.add_argument("--jobs", type=int, default=2, help="configurations trained at a time (one thread each)")
     p.add_argument("--physicsnemo-python", default=os.environ.get("MESHGNN_PHYSICSNEMO_PYTHON", ""),
                    help="python of the PhysicsNeMo venv (env MESHGNN_PHYSICSNEMO_PYTHON); empty: skip PhysicsNeMo")
@@ -116,7 +128,25 @@ def parse_args(argv=None):
                    help="CPU malloc of every run, both meshgnn and PhysicsNeMo (meshgnn/memory.py; default auto)")
     p.add_argument("--import-cpu-s", type=float, default=-1.0, help=argparse.SUPPRESS)  # measured once, passed on
     p.add_argument("--one", help=argparse.SUPPRESS)      # DATASET:CONFIG:SEED, run in a child process
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and args.budget_wall_s <= 0:
+        p.error("--device cuda needs --budget-wall-s (the budget on a GPU is wall-clock)")
+    # one budget, on the clock of the device: process CPU seconds on the CPU, wall seconds on a GPU
+    args.budget_s = args.budget_wall_s if args.device == "cuda" else args.budget_cpu_s
+    args.clock = "wall s" if args.device == "cuda" else "CPU s"
+    return args
+
+
+def clock(device: str):
+    """Seconds on the budget's clock: this process's CPU time on the CPU; CUDA-synchronised wall time on a GPU."""
+    if device == "cuda":
+        import torch
+
+        def wall():
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return wall
+    return time.process_time
 
 
 def dataset_paths(args) -> dict:
@@ -135,7 +165,8 @@ def meshgnn_cli() -> list[str]:
 
 
 def child_env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    path = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path)
 
 
 # ------------------------------------------------------------------------------------------------- data facts
@@ -196,12 +227,17 @@ def train_config(data: str, flags: list[str], **extra):
     return resolve(TrainConfig, args, dataset=data, **extra)
 
 
-def import_cpu_s() -> float:
-    """CPU seconds a fresh interpreter spends importing what ``meshgnn train`` needs (part of its budget)."""
+def import_cpu_s(device: str = "cpu") -> float:
+    """Seconds a fresh interpreter spends importing what ``meshgnn train`` needs (part of its budget): CPU
+    seconds; on a GPU the wall time, with the CUDA context's creation."""
     code = "import torch, meshgnn.train, meshgnn.validation, meshgnn.cli"
-    before = os.times()
+    if device == "cuda":
+        code += "; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
+    before, w0 = os.times(), time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
     after = os.times()
+    if device == "cuda":
+        return time.perf_counter() - w0
     return (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
@@ -222,21 +258,22 @@ def probe_steps(cfg, budget_s: float, imports: float, probe: int = 3, margin: fl
     from meshgnn.validation import Validation
 
     torch.set_num_threads(1)
-    c0 = time.process_time()
+    now = clock(cfg.device if cfg.device in ("cpu", "cuda") else "cpu")
+    c0 = now()
     trainer = Trainer(dataclasses.replace(cfg, steps=10**6, progress=False))
-    setup = time.process_time() - c0
-    c0 = time.process_time()
+    setup = now() - c0
+    c0 = now()
     trainer.step()
-    first = time.process_time() - c0
-    c0 = time.process_time()
+    first = now() - c0
+    c0 = now()
     for _ in range(probe):
         trainer.step()
-    per_step = (time.process_time() - c0) / probe
-    c0 = time.process_time()
+    per_step = (now() - c0) / probe
+    c0 = now()
     val = Validation(trainer)
     if val.enabled:
         val.run(trainer.step_index)
-    val_s = time.process_time() - c0
+    val_s = now() - c0
     fixed = imports + setup + max(first - per_step, 0.0) + val_s      # + the validation at the end
     per_total = per_step + (val_s / cfg.val_every if cfg.val_every > 0 else 0.0)
     steps = max(20, int(margin * (budget_s - fixed) / per_total))
@@ -252,15 +289,15 @@ def proc_cpu_s(pid: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ one run
-def job_flags(name: str, seed: int, heldout: str, extra: list[str]) -> list[str]:
+def job_flags(name: str, seed: int, heldout: str, extra: list[str], device: str = "cpu") -> list[str]:
     return [*MODEL_FLAGS, *CONFIGS[name]["flags"], "--seed", str(seed), "--val-trajectories", heldout,
-            "--device", "cpu", "--progress", "false", *extra]
+            "--device", device, "--progress", "false", *extra]
 
 
 def run_meshgnn(args, data: str, name: str, seed: int, heldout: str, run: Path) -> dict:
-    flags = job_flags(name, seed, heldout, args.extra_flags)
-    imports = args.import_cpu_s if args.import_cpu_s >= 0 else import_cpu_s()
-    planned, probe = probe_steps(train_config(data, flags, out=str(run / "probe")), args.budget_cpu_s, imports)
+    flags = job_flags(name, seed, heldout, args.extra_flags, args.device)
+    imports = args.import_cpu_s if args.import_cpu_s >= 0 else import_cpu_s(args.device)
+    planned, probe = probe_steps(train_config(data, flags, out=str(run / "probe")), args.budget_s, imports)
     cmd = meshgnn_cli() + ["train", data, "--out", str(run / "train"), "--steps", str(planned), *flags]
     (run / "train_command.txt").write_text(" ".join(cmd) + "\n")
     w0 = time.perf_counter()
@@ -272,8 +309,8 @@ def run_meshgnn(args, data: str, name: str, seed: int, heldout: str, run: Path) 
             if pid == proc.pid:
                 proc.returncode = rc = os.waitstatus_to_exitcode(status)
                 break
-            cpu = proc_cpu_s(proc.pid)
-            if cpu_at_stop is None and cpu >= args.budget_cpu_s:
+            cpu = proc_cpu_s(proc.pid) if args.device == "cpu" else time.perf_counter() - w0
+            if cpu_at_stop is None and cpu >= args.budget_s:
                 cpu_at_stop = cpu
                 proc.send_signal(signal.SIGTERM)       # the CLI checkpoints at the end of this step and exits
             time.sleep(0.2)
@@ -293,6 +330,8 @@ def run_meshgnn(args, data: str, name: str, seed: int, heldout: str, run: Path) 
     params = sum(int(v.numel()) for k, v in state["trainer"]["simulator"].items() if k.startswith("model."))
     return dict(kind="meshgnn", command=" ".join(cmd), planned_steps=planned, probe=probe,
                 steps=int(state["trainer"]["step"]), train_cpu_s=cpu_at_stop if cpu_at_stop is not None else total_cpu,
+                train_budget_s=cpu_at_stop if cpu_at_stop is not None else (
+                    total_cpu if args.device == "cpu" else wall),
                 train_process_cpu_s=total_cpu, train_wall_s=wall, final_loss=sum(losses[-n:]) / n, params=params,
                 checkpoint=str(ck))
 
@@ -388,7 +427,7 @@ def prepare_physicsnemo_step(trainer, step: int) -> tuple[list, dict]:
     with torch.no_grad():
         # as Simulator.rate / encode_edges normalise them (in the trainer's dtype)
         e = sim.edge_normalizer(tens.edge_features.float())
-        arrays = [e.numpy()]
+        arrays = [e.cpu().numpy()]
         K = sim.layout.num_node_types
         for w in work:
             y = w["y0n"].float()
@@ -397,7 +436,7 @@ def prepare_physicsnemo_step(trainer, step: int) -> tuple[list, dict]:
             t = sim.target_normalizer(w["target"].float())
             mask = w["loss_mask"]
             mask = mask[:, None].expand_as(t) if mask.dim() == 1 else mask
-            arrays += [x.numpy(), t.numpy(), np.ascontiguousarray(mask.numpy())]
+            arrays += [x.cpu().numpy(), t.cpu().numpy(), np.ascontiguousarray(mask.cpu().numpy())]
     return arrays, dict(batch=len(work))
 
 
@@ -412,8 +451,10 @@ def run_physicsnemo(args, data: str, name: str, seed: int, heldout: str, run: Pa
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-    flags = job_flags(name, seed, heldout, args.extra_flags)
+    flags = job_flags(name, seed, heldout, args.extra_flags, args.device)
     cfg = train_config(data, flags, out=str(run / "train"))
+    now = clock(args.device)          # our side's clock; the worker's replies carry its own (its key below)
+    key = "cpu_s" if args.device == "cpu" else "wall_s"
     log = open(run / "worker.log", "w")
     worker = PhysicsNemoWorker(args.physicsnemo_python, log)
     try:
@@ -423,32 +464,32 @@ def run_physicsnemo(args, data: str, name: str, seed: int, heldout: str, run: Pa
         info, _ = worker.call({"cmd": "init", "node_in": arrays0[1].shape[1], "edge_in": arrays0[0].shape[1],
                                "node_out": arrays0[2].shape[1], "latent": cfg.latent, "layers": cfg.layers,
                                "hidden_layers": cfg.hidden_layers, "seed": seed, "threads": 1,
-                               "num_nodes": g.num_nodes},
-                              [g.senders.numpy(), g.receivers.numpy()])
-        # probe: CPU per step of the whole pipeline (our preparation + the worker), after one warm-up step
+                               "num_nodes": g.num_nodes, "device": args.device},
+                              [g.senders.cpu().numpy(), g.receivers.cpu().numpy()])
+        # probe: seconds per step of the whole pipeline (our preparation + the worker), after one warm-up step
         per = []
-        w_prev = worker.call({"cmd": "reset", "seed": seed})[0]["cpu_s"]
+        w_prev = worker.call({"cmd": "reset", "seed": seed})[0][key]
         for s in range(4):
-            c0 = time.process_time()
+            c0 = now()
             arrays, meta = prepare_physicsnemo_step(probe, s)
-            prep = time.process_time() - c0
-            w_now = worker.call({"cmd": "step", "lr": 1e-4, "clip": cfg.grad_clip, **meta}, arrays)[0]["cpu_s"]
+            prep = now() - c0
+            w_now = worker.call({"cmd": "step", "lr": 1e-4, "clip": cfg.grad_clip, **meta}, arrays)[0][key]
             if s:
                 per.append(prep + w_now - w_prev)
             w_prev = w_now
         per_step = float(np.mean(per))
-        planned = max(20, int(MARGIN * args.budget_cpu_s / per_step))     # the margin probe_steps uses
+        planned = max(20, int(MARGIN * args.budget_s / per_step))     # the margin probe_steps uses
         trainer = Trainer(dataclasses.replace(cfg, steps=planned, progress=False))
         w0 = time.perf_counter()
-        cpu0 = worker.call({"cmd": "reset", "seed": seed})[0]["cpu_s"]
+        cpu0 = worker.call({"cmd": "reset", "seed": seed})[0][key]
         prep_cpu, worker_cpu, losses, step = 0.0, 0.0, [], 0
-        while step < planned and prep_cpu + worker_cpu < args.budget_cpu_s:
-            c0 = time.process_time()
+        while step < planned and prep_cpu + worker_cpu < args.budget_s:
+            c0 = now()
             arrays, meta = prepare_physicsnemo_step(trainer, step)
-            prep_cpu += time.process_time() - c0
+            prep_cpu += now() - c0
             lr = trainer.optimizer.param_groups[0]["lr"]
             rep = worker.call({"cmd": "step", "lr": lr, "clip": cfg.grad_clip, **meta}, arrays)[0]
-            worker_cpu = rep["cpu_s"] - cpu0
+            worker_cpu = rep[key] - cpu0
             losses.append(rep["loss"])
             trainer.scheduler.step()           # the LR meshgnn's schedule gives the next step
             step += 1
@@ -459,7 +500,8 @@ def run_physicsnemo(args, data: str, name: str, seed: int, heldout: str, run: Pa
         n = max(1, len(losses) // 10)
         ours = sum(p.numel() for p in trainer.sim.model.parameters())
         result = dict(kind="physicsnemo", physicsnemo=info, planned_steps=planned, probe_cpu_s_per_step=per_step,
-                      steps=step, train_cpu_s=prep_cpu + worker_cpu, prep_cpu_s=prep_cpu, worker_cpu_s=worker_cpu,
+                      steps=step, train_cpu_s=prep_cpu + worker_cpu, train_budget_s=prep_cpu + worker_cpu,
+                      prep_cpu_s=prep_cpu, worker_cpu_s=worker_cpu,
                       train_wall_s=wall, final_loss=sum(losses[-n:]) / n, params=info["params"],
                       meshgnn_params_same_size=ours, checkpoint=str(ck), train_flags=flags)
         result["_worker"] = worker
@@ -579,7 +621,8 @@ def run_one(args) -> dict:
     fields = list(ds.state_fields)
     curves = read_curves(run / "rollout")
     res.update(dataset=dname, data=data, config=name, seed=seed, trajectory=heldout, start=start,
-               rollout_steps=steps, data_steps=T - 1 - start, fields=fields, budget_cpu_s=args.budget_cpu_s,
+               rollout_steps=steps, data_steps=T - 1 - start, fields=fields, budget_cpu_s=args.budget_s,
+               budget_clock=args.clock, device=args.device,
                value_range={f: [ranges[f][0].tolist(), ranges[f][1].tolist()] for f in fields},
                rmse=summarise(curves["rmse"], fields),
                rmse_persistence=summarise(curves["rmse_persistence"], fields), curve=curves,
@@ -609,7 +652,8 @@ def job_list(args) -> list[tuple[str, str, int]]:
 
 def launch_all(args) -> None:
     base = [sys.executable, __file__, "--work", args.work, "--budget-cpu-s", str(args.budget_cpu_s),
-            "--import-cpu-s", str(import_cpu_s()),
+            "--budget-wall-s", str(args.budget_wall_s), "--device", args.device,
+            "--import-cpu-s", str(import_cpu_s(args.device)),
             "--physicsnemo-python", args.physicsnemo_python, "--data",
             *[f"{k}={v}" for k, v in dataset_paths(args).items()]]
     todo = job_list(args)
@@ -656,7 +700,7 @@ def table(results: list[dict], dname: str) -> str:
     for r in rs:
         by.setdefault(r["config"], []).append(r)
     keys = list(rs[0]["rmse"][fields[0]])
-    head = ["config", "seeds", "params", "opt. steps", "train CPU s", "wall s"]
+    head = ["config", "seeds", "params", "opt. steps", f"train {rs[0].get('budget_clock', 'CPU s')}", "wall s"]
     for f in fields:
         head += [f"{f} RMSE " + " / ".join(f"@{k}" if k != "all" else k for k in keys), f"{f} pers./model (all)",
                  f"{f} pers./model (all), --clamp", f"{f} max excursion %"]
@@ -666,7 +710,8 @@ def table(results: list[dict], dname: str) -> str:
     for name in [c for c in CONFIGS if c in by]:
         g = by[name]
         row = [name, str(len(g)), str(g[0]["params"]), _cell([r["steps"] for r in g], "{:.0f}"),
-               _cell([r["train_cpu_s"] for r in g], "{:.0f}"), _cell([r["train_wall_s"] for r in g], "{:.0f}")]
+               _cell([r.get("train_budget_s", r["train_cpu_s"]) for r in g], "{:.0f}"),
+               _cell([r["train_wall_s"] for r in g], "{:.0f}")]
         for f in fields:
             row.append(" / ".join(_cell([r["rmse"][f][k] for r in g]) for k in keys))
             row.append(_cell([r["rmse_persistence"][f]["all"] / r["rmse"][f]["all"] for r in g], "{:.2f}"))
@@ -719,7 +764,9 @@ def plot(results: list[dict], dname: str, path) -> None:
         ax.set_title(f"{dname}: {f}, held-out trajectory {rs[0]['trajectory']}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"equal training budget {rs[0]['budget_cpu_s']:.0f} CPU s per run (1 thread); mean over seeds, "
+    where = ("CPU s per run (1 thread)" if rs[0].get("device", "cpu") == "cpu" else
+             "wall s per run (GPU)")
+    fig.suptitle(f"equal training budget {rs[0]['budget_cpu_s']:.0f} {where}; mean over seeds, "
                  f"band = min..max", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -742,6 +789,9 @@ def report(args, wall: float | None = None) -> int:
     git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                          text=True).stdout.strip()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    if args.device == "cuda":
+        import torch
+        cpu += f"; GPU {torch.cuda.get_device_name()}"
     alloc = allocator_in_effect()
     (out / "results.json").write_text(json.dumps(dict(results=results, git=git, cpu=cpu, allocator=alloc,
                                                       wall_s=wall), indent=1, default=float))

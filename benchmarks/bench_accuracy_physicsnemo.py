@@ -9,13 +9,14 @@ normalised, so the two models see the same pipeline; this process only runs
 Protocol (stdin -> stdout, binary): a message is one JSON header line naming its arrays' dtypes and shapes,
 followed by their raw bytes; every reply has the same form.
 
-    init    {"node_in", "edge_in", "node_out", "latent", "layers", "hidden_layers", "seed", "threads"}
+    init    {"node_in", "edge_in", "node_out", "latent", "layers", "hidden_layers", "seed", "threads", "device"}
             + senders (E,), receivers (E,)                       -> {"params", "physicsnemo", "torch"}
-    reset   {"seed"}  a fresh model and optimizer                -> {"cpu_s"} (process CPU time so far)
+    reset   {"seed"}  a fresh model and optimizer                -> {"cpu_s", "wall_s"} (process CPU time so far,
+                                                                    and the wall clock after a CUDA sync)
     step    {"lr", "clip", "batch"} + edge features (E, edge_in), then per sample: node features (N, node_in),
             normalised target (N, node_out), loss mask (N, node_out) bool
             loss = sum of masked squared errors / masked entry count of the whole batch (meshgnn's loss)
-                                                                 -> {"loss", "grad_norm", "cpu_s"}
+                                                                 -> {"loss", "grad_norm", "cpu_s", "wall_s"}
     forward {} + node features (N, node_in), edge features (E, edge_in) -> {} + output (N, node_out) float32
     quit
 """
@@ -70,9 +71,10 @@ class Worker:
 
         self.cfg = head
         torch.set_num_threads(int(head.get("threads", 1)))
+        self.device = torch.device(head.get("device", "cpu"))
         self.num_nodes = int(head["num_nodes"])
         edge_index = torch.from_numpy(np.stack([senders, receivers]).astype(np.int64))
-        self.graph = Data(edge_index=edge_index, num_nodes=self.num_nodes)
+        self.graph = Data(edge_index=edge_index, num_nodes=self.num_nodes).to(self.device)
         self.reset(int(head["seed"]))
 
     def reset(self, seed: int) -> None:
@@ -86,7 +88,7 @@ class Worker:
                                   num_layers_edge_processor=M, hidden_dim_processor=H, hidden_dim_node_encoder=H,
                                   num_layers_node_encoder=M, hidden_dim_edge_encoder=H, num_layers_edge_encoder=M,
                                   hidden_dim_node_decoder=H, num_layers_node_decoder=M, aggregation="sum",
-                                  do_concat_trick=True)
+                                  do_concat_trick=True).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     @property
@@ -97,27 +99,35 @@ class Worker:
         lr, clip, batch = float(head["lr"]), float(head["clip"]), int(head["batch"])
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        e = torch.from_numpy(arrays[0])
+        dev = self.device
+        e = torch.from_numpy(arrays[0]).to(dev)
         samples = [arrays[1 + 3 * b: 4 + 3 * b] for b in range(batch)]
         count = float(sum(int(m.sum()) for _, _, m in samples)) or 1.0
         self.model.train()
         self.optimizer.zero_grad(set_to_none=False)
         total = 0.0
         for x, target, mask in samples:
-            out = self.model(torch.from_numpy(x), e, self.graph)
-            m = torch.from_numpy(mask)
-            loss = ((out - torch.from_numpy(target))[m] ** 2).sum() / count
+            out = self.model(torch.from_numpy(x).to(dev), e, self.graph)
+            m = torch.from_numpy(mask).to(dev)
+            loss = ((out - torch.from_numpy(target).to(dev))[m] ** 2).sum() / count
             loss.backward()
             total += float(loss.detach())
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         self.optimizer.step()
-        return {"loss": total, "grad_norm": float(norm), "cpu_s": time.process_time()}
+        return {"loss": total, "grad_norm": float(norm), **clocks(dev)}
 
     @torch.no_grad()
     def forward(self, arrays: list) -> np.ndarray:
         self.model.eval()
-        x, e = (torch.from_numpy(a) for a in arrays)
-        return self.model(x, e, self.graph).to(torch.float32).numpy()
+        x, e = (torch.from_numpy(a).to(self.device) for a in arrays)
+        return self.model(x, e, self.graph).to(torch.float32).cpu().numpy()
+
+
+def clocks(device=None) -> dict:
+    """This process's CPU seconds, and the wall clock after the device's queued work has finished."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"cpu_s": time.process_time(), "wall_s": time.perf_counter()}
 
 
 def main() -> int:
@@ -138,7 +148,7 @@ def main() -> int:
                                 "torch": torch.__version__, "graph": "PyG Data"})
         elif cmd == "reset":
             worker.reset(int(head["seed"]))
-            write_message(out, {"cpu_s": time.process_time()})
+            write_message(out, clocks(worker.device))
         elif cmd == "step":
             write_message(out, worker.step(head, arrays))
         elif cmd == "forward":

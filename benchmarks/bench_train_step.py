@@ -36,7 +36,8 @@ On a GPU (``--device cuda``): every timed step and GEMM is bracketed by ``torch.
 reference runs each product ``--gemm-reps`` times, peak memory is ``torch.cuda.max_memory_allocated`` during a
 step minus the allocation before it (measured in-process), and one more configuration, ``ours tf32``, runs the fp32
 model with TF32 tensor-core matmuls (``torch.set_float32_matmul_precision("high")``); the other fp32 rows keep
-full-fp32 matmuls, as does the fp32 GEMM reference.
+full-fp32 matmuls, as does the fp32 GEMM reference. The PhysicsNeMo worker runs on the same device (its model,
+graph and inputs there, each step between synchronisations); its info line names the device and torch_scatter.
 
     python benchmarks/bench_train_step.py --device cuda --grid 22 40 --repeats 5
 """
@@ -232,7 +233,7 @@ def probe_memory(name: str, args) -> float:
     env.update(MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
     if name in PNEMO:
         cmd = [args.physicsnemo_python, PNEMO_SCRIPT, "--inputs", args._inputs_path, "--threads",
-               str(args.threads), "--memory", PNEMO[name]]
+               str(args.threads), "--memory", PNEMO[name], "--device", DEVICE.type]
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--grid", str(args.grid), "--threads", str(args.threads),
                "--probe", name]
@@ -249,7 +250,7 @@ class PhysicsNemoWorker:
 
     def __init__(self, python: str, inputs_path: str, threads: int, variants: list[str], warmup: int):
         cmd = [python, PNEMO_SCRIPT, "--inputs", inputs_path, "--threads", str(threads), "--variants", *variants,
-               "--warmup", str(max(warmup, 1))]  # >= 1: its first call runs torch.compile
+               "--warmup", str(max(warmup, 1)), "--device", DEVICE.type]  # >= 1: its first call runs torch.compile
         self.proc = subprocess.Popen(cmd,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.info = self._read()
@@ -278,8 +279,8 @@ class PhysicsNemoWorker:
 def save_inputs(problem, path: str) -> None:
     """The graph and inputs as .npz for the PhysicsNeMo worker (which cannot import meshgnn)."""
     graph, xn, xe, target = problem
-    np.savez(path, senders=graph.senders.numpy(), receivers=graph.receivers.numpy(), node_features=xn.numpy(),
-             edge_features=xe.numpy(), target=target.numpy())
+    np.savez(path, **{k: t.cpu().numpy() for k, t in dict(
+        senders=graph.senders, receivers=graph.receivers, node_features=xn, edge_features=xe, target=target).items()})
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -297,7 +298,8 @@ def report(names, times, cpu, gemm_times, flops, gemm_of, memory, args, problem,
           f"allocator {allocator_in_effect()}")
     if pnemo_info:
         print(f"PhysicsNeMo {pnemo_info.get('physicsnemo')} (torch {pnemo_info.get('torch')}, "
-              f"graph: {pnemo_info.get('graph')})")
+              f"graph: {pnemo_info.get('graph')}, device: {pnemo_info.get('device', 'cpu')}, "
+              f"torch_scatter: {pnemo_info.get('torch_scatter', '?')})")
     med = {n: statistics.median(times[n]) for n in names}
     med_cpu = {n: statistics.median(cpu[n]) for n in names}
     gemm_med = {s: statistics.median(v) for s, v in gemm_times.items()}

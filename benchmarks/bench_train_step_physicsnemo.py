@@ -8,7 +8,8 @@ on a PyG ``Data`` graph; one step = zero_grad, forward, MSE, backward, Adam step
 ``-bf16`` suffix ("concat-bf16") runs forward and loss under ``torch.autocast(bfloat16)``, as "ours bf16" does.
 
 Modes:
-    --memory VARIANT   one warm-up step, then print ``{"peak_mib": ...}`` for a second step (peak RSS growth)
+    --memory VARIANT   one warm-up step, then print ``{"peak_mib": ...}`` for a second step (peak RSS growth; on
+                       ``--device cuda`` the growth of ``torch.cuda.max_memory_allocated``)
     (default)          print an info line, then answer ``step concat`` / ``step noconcat`` lines on stdin with
                        ``{"wall_s": ..., "cpu_s": ...}``; ``quit`` ends.
 """
@@ -23,14 +24,13 @@ import numpy as np
 import torch
 
 
-def load_inputs(path: str):
+def load_inputs(path: str, device: str = "cpu"):
     d = np.load(path)
     from torch_geometric.data import Data
 
     edge_index = torch.from_numpy(np.stack([d["senders"], d["receivers"]])).long()
-    graph = Data(edge_index=edge_index, num_nodes=int(d["node_features"].shape[0]))
-    return (graph, torch.from_numpy(d["node_features"]), torch.from_numpy(d["edge_features"]),
-            torch.from_numpy(d["target"]))
+    graph = Data(edge_index=edge_index, num_nodes=int(d["node_features"].shape[0])).to(device)
+    return (graph, *(torch.from_numpy(d[k]).to(device) for k in ("node_features", "edge_features", "target")))
 
 
 def build_step(variant: str, inputs):
@@ -45,12 +45,13 @@ def build_step(variant: str, inputs):
                          hidden_dim_processor=128, hidden_dim_node_encoder=128, num_layers_node_encoder=2,
                          hidden_dim_edge_encoder=128, num_layers_edge_encoder=2, hidden_dim_node_decoder=128,
                          num_layers_node_decoder=2, aggregation="sum", do_concat_trick=variant.startswith("concat"))
+    model = model.to(xn.device)
     bf16 = variant.endswith("-bf16")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(xn.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = torch.nn.functional.mse_loss(model(xn, xe, graph).float(), target)
         loss.backward()
         optimizer.step()
@@ -73,12 +74,23 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=["concat", "noconcat"], help="models to build")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before the info line")
     p.add_argument("--memory", default="", help="concat|noconcat: print the peak RSS growth of a step and exit")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (steps timed between torch.cuda.synchronize())")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    inputs = load_inputs(args.inputs)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    inputs = load_inputs(args.inputs, args.device)
     if args.memory:
         step = build_step(args.memory, inputs)
         step()
+        if cuda:                                   # the peak of the second step over what lives before it
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            step()
+            sync()
+            print(json.dumps({"peak_mib": (torch.cuda.max_memory_allocated() - before) / 2**20}))
+            return 0
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = rss_kib()
@@ -91,14 +103,20 @@ def main() -> int:
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    print(json.dumps({"physicsnemo": physicsnemo.__version__, "torch": torch.__version__, "graph": "PyG Data"}),
-          flush=True)
+    sync()
+    import torch_scatter
+
+    print(json.dumps({"physicsnemo": physicsnemo.__version__, "torch": torch.__version__, "graph": "PyG Data",
+                      "device": torch.cuda.get_device_name() if cuda else "cpu",
+                      "torch_scatter": getattr(torch_scatter, "__version__", "?")}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
+        sync()
         w0, c0 = time.perf_counter(), time.process_time()
         steps[cmd[1]]()
+        sync()
         print(json.dumps({"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0}), flush=True)
     return 0
 

@@ -2,11 +2,15 @@
 # The GPU checks and benchmarks in one run (for a lent GPU machine; CI has none).
 #
 #   [STAGES="tests aggregation ..."] benchmarks/gpu_suite.sh OUT_DIR [CHECKPOINT_4x32] [SIDE]
+#   STAGES="tests train_step40_pn train_scale accuracy" TESTS_K=low_memory SIDE_PARTS=16 \
+#       SCALE_FLAGS="--memory-budget auto --bf16 true" SCALE_LIMIT=240 GPU_SUITE_DEADLINE=570 \
+#       DEVCARRY=$PWD/.devcarry benchmarks/gpu_suite.sh OUT_DIR "" 210   # round 2 (issues 14, 18): carry .devcarry,
+#                                                                          # made by benchmarks/gpu_carry.sh
 #
 # Stages (each under its own time limit, shortened to end by GPU_SUITE_DEADLINE seconds after the start when set;
 # logs in OUT_DIR/<stage>.log; a failed stage does not stop the rest). Default: all but layernorm and
-# profile_rollout. They run in this order: tests aggregation layernorm profile_rollout train_step22 train_scale
-# rollout_scale train_step40.
+# profile_rollout. They run in this order: tests aggregation layernorm profile_rollout train_step40_pn train_step22
+# train_scale accuracy rollout_scale train_step40.
 #   tests          tests/test_ops_cuda.py: Triton kernels vs the C++ CPU kernels (bitwise), tile independence,
 #                  gradients, MGN step and torch.compile on CUDA vs CPU, `meshgnn train --device cuda` vs CPU (fp64)
 #   aggregation    benchmarks/bench_aggregation.py --device cuda (ours vs index_add / PyG scatter / segment_reduce,
@@ -19,6 +23,16 @@
 #   train_step40   bench_train_step.py at 40^3 (64,000 nodes), eager and torch.compile'd, fp32/tf32/bf16, ours vs PyG
 #   layernorm      benchmarks/bench_layernorm.py: nn.LayerNorm vs meshgnn's LayerNorm on (14M, F) latents
 #   profile_rollout  benchmarks/profile_cli.py around a 10-step rollout of CHECKPOINT_4x32 on box_tets(100)
+#   accuracy       benchmarks/bench_accuracy.py --device cuda: default, PhysicsNeMo and step-noise recipes on the
+#                  carried column and OpenFOAM datasets ($DEVCARRY/column.h5, openfoam.h5), ACC_BUDGET wall s each
+#                  (default auto: what GPU_SUITE_DEADLINE leaves), all 5 runs at once on the one card
+#   train_step40_pn  bench_train_step.py at 40^3 on the GPU, ours vs PhysicsNeMo 2.2.2 (fp32 and bf16)
+# PhysicsNeMo (stages accuracy, train_step40_pn): its wheel and the few dependencies the GPU image lacks are carried
+# in $DEVCARRY/whl and installed into $PNEMO_SITE; benchmarks/physicsnemo_gpu/python runs it there with stand-ins
+# for warp-lang (149 MB wheel, over the transfer limit) and s3fs, which MeshGraphNet never calls, and for
+# torch-scatter's sum (no wheel for the image's torch; its sum is torch's scatter_add_ on a broadcast index, which
+# the stand-in runs the same way). Each PhysicsNeMo info line names the torch_scatter it ran.
+# The train_scale stage takes SIDE_PARTS (default 16) parts and SCALE_FLAGS (default: per-layer checkpointing).
 # TESTS_K="expr" narrows the tests stage (pytest -k).
 # Python: whatever `python3` is (the GPU image's); the repo is put on PYTHONPATH, nothing is installed.
 set -u
@@ -30,7 +44,13 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 WORK=${GPU_SUITE_WORK:-/tmp/gpu_suite}
 mkdir -p "$WORK"
-export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+DEVCARRY=${DEVCARRY:-$HERE/.devcarry}
+PARTS=${SIDE_PARTS:-16}
+SCALE_FLAGS=${SCALE_FLAGS:-"--checkpoint-layers true --bf16 true"}
+ACC_BUDGET=${ACC_BUDGET:-auto}   # wall s per accuracy run; auto: what the deadline leaves after ~130 s of overheads
+export PNEMO_SITE=${PNEMO_SITE:-/tmp/pnemo_site}
+OURS_SITE=/tmp/meshgnn_site     # what meshgnn needs and the image lacks (meshio, for reading .vtu back)
+export PYTHONPATH="$HERE:$OURS_SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 cd "$HERE"
 stamp() { echo "== $(date +%T) $*"; }
@@ -58,6 +78,15 @@ stamp machine
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
   nproc; free -g | head -2; } 2>&1 | tee "$OUT/machine.log"
 
+# PhysicsNeMo and meshio from the carried wheels
+if wanted accuracy || wanted train_step40_pn; then
+  stamp "installing the carried wheels"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$PNEMO_SITE" \
+      $(ls "$DEVCARRY"/whl/*.whl | grep -v meshio) 2>&1 | tail -3
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$OURS_SITE" "$DEVCARRY"/whl/meshio*.whl 2>&1 | tail -3
+  benchmarks/physicsnemo_gpu/python -c 'import physicsnemo, torch_scatter; from physicsnemo.models.meshgraphnet import MeshGraphNet; print("physicsnemo", physicsnemo.__version__, "torch_scatter", torch_scatter.__version__)' 2>&1 | tail -3
+fi
+
 # host-side preparation of the scale stages, in the background while the GPU stages run
 PREP=""
 if wanted train_scale || wanted rollout_scale; then
@@ -66,8 +95,8 @@ if wanted train_scale || wanted rollout_scale; then
     [ -f "$WORK/box.h5" ] || "$PY" benchmarks/bench_rollout_scale.py dataset "$WORK/box.h5" --side "$SIDE"
     TIME=""; [ -x /usr/bin/time ] && TIME="/usr/bin/time -v"
     if wanted train_scale; then
-      [ -f "$WORK/box.P16.parts.h5" ] || $TIME "$PY" -m meshgnn.cli partition "$WORK/box.h5" --parts 16 \
-          --method rcb --halo 15 --out "$WORK/box.P16.parts.h5" --quiet
+      [ -f "$WORK/box.P$PARTS.parts.h5" ] || $TIME "$PY" -m meshgnn.cli partition "$WORK/box.h5" --parts $PARTS \
+          --method rcb --halo 15 --out "$WORK/box.P$PARTS.parts.h5" --quiet
     fi
   ) > "$OUT/prepare.log" 2>&1 &
   PREP=$!
@@ -83,6 +112,9 @@ if [ -n "$CKPT" ] && wanted profile_rollout; then
   stage profile_rollout 90 "$PY" benchmarks/profile_cli.py --top 30 -- rollout "$CKPT" "$WORK/box100.h5" \
     --device cuda --steps 10 --every 100 --trajectory 0 --render false --progress false --out "$WORK/roll100"
 fi
+stage train_step40_pn 150 "$PY" benchmarks/bench_train_step.py --device cuda --grid 40 --warmup 2 --repeats 5 \
+  --configs "ours fp32" "ours bf16" "PhysicsNeMo concat" "PhysicsNeMo concat bf16" \
+  --physicsnemo-python "$HERE/benchmarks/physicsnemo_gpu/python"
 stage train_step22 60 "$PY" benchmarks/bench_train_step.py --device cuda --grid 22 --warmup 2 --repeats 5 \
   --configs "ours fp32" "ours bf16" "ours fp32 ckpt" "ours fp32 no-concat" PyG "ours tf32" "PyG bf16"
 
@@ -90,10 +122,26 @@ if [ -n "$PREP" ]; then
   stamp "waiting for the host preparation"
   wait "$PREP"; echo "   prepare rc=$?"; tail -n 30 "$OUT/prepare.log"
 fi
-stage train_scale 170 "$PY" -m meshgnn.cli train "$WORK/box.h5" --parts "$WORK/box.P16.parts.h5" --device cuda \
-  --layers 15 --latent 128 --checkpoint-layers true --bf16 true --steps 2 --progress false \
-  --out "$WORK/train3m"
+stage train_scale ${SCALE_LIMIT:-170} "$PY" -m meshgnn.cli train "$WORK/box.h5" --parts "$WORK/box.P$PARTS.parts.h5" \
+  --device cuda --layers 15 --latent 128 $SCALE_FLAGS --steps 2 --progress false --checkpoint-every 1000 \
+  --val-every 0 --val-rollout 0 --out "$WORK/train3m"
 if wanted train_scale; then cat "$WORK/train3m/train_log.csv" >> "$OUT/train_scale.log" 2>/dev/null; fi
+if wanted accuracy && [ "$ACC_BUDGET" = auto ]; then
+  ACC_BUDGET=$(( DEADLINE > 0 ? DEADLINE - SECONDS - 5 - 130 : 150 ))
+  [ "$ACC_BUDGET" -gt 400 ] && ACC_BUDGET=400
+  stamp "accuracy budget: $ACC_BUDGET wall s per run"
+  [ "$ACC_BUDGET" -lt 45 ] && STAGES=${STAGES/accuracy/}
+fi
+if wanted accuracy; then
+  cp "$DEVCARRY"/column.h5 "$DEVCARRY"/openfoam.h5 "$WORK"/ 2>/dev/null
+  stage accuracy $((ACC_BUDGET + 150)) "$PY" benchmarks/bench_accuracy.py --device cuda --budget-wall-s "$ACC_BUDGET" \
+    --jobs 5 --configs default physicsnemo stepnoise_openfoam --work "$WORK/acc" --allocator system \
+    --data column="$WORK/column.h5" openfoam="$WORK/openfoam.h5" --plot-prefix "$OUT/accuracy_gpu_" \
+    --physicsnemo-python "$HERE/benchmarks/physicsnemo_gpu/python"
+  cp "$WORK"/acc/results.md "$OUT"/accuracy_results.md 2>/dev/null
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [r.pop(k,None) for r in d['results'] for k in ('curve','clamped_curve')]; json.dump(d,open(sys.argv[2],'w'),indent=0,default=float)" "$WORK"/acc/results.json "$OUT"/accuracy_results.json 2>/dev/null
+  tail -n 5 "$WORK"/acc/*/*.log > "$OUT"/accuracy_runs_tail.log 2>/dev/null
+fi
 if [ -n "$CKPT" ]; then
   stage rollout_scale 100 "$PY" -m meshgnn.cli rollout "$CKPT" "$WORK/box.h5" --device cuda --steps 100 \
     --every 50 --trajectory 0 --render false --progress false --out "$WORK/roll3m"

@@ -183,3 +183,38 @@ def test_layer_norm_narrow_path_on_cuda():
             assert ln(x.bfloat16()).dtype == torch.float32
         with torch.no_grad():   # the decomposed path (inference only)
             torch.testing.assert_close(ln(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_low_memory_processor_on_cuda():
+    """Segment checkpointing + compact storage (meshgnn/model/lowmem.py) on the GPU: fp64 segments give the plain
+    model's gradients (to 1e-12), bf16 storage and the bf16-autocast path stay close (on this random graph bf16
+    storage measures 1.1e-2 on the CPU, autocast 2.7e-2), and the comparison can fail (a perturbed weight is caught)."""
+    from meshgnn.model.mgn import MeshGraphNet
+
+    g = to_cuda(random_graph(3000, 40000, seed=5))
+    gen = torch.Generator().manual_seed(0)
+    x, e, y = (torch.randn(3000, 6, generator=gen), torch.randn(40000, 4, generator=gen),
+               torch.randn(3000, 2, generator=gen))
+
+    def grads(dtype, autocast=False, perturb=False, **opts):
+        torch.manual_seed(0)
+        model = MeshGraphNet(6, 4, 2, latent=32, layers=6, **opts).to(CUDA, dtype)
+        if perturb:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] += 1e-3
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x.to(CUDA, dtype), g, e.to(CUDA, dtype))
+        loss = ((out.to(dtype) - y.to(CUDA, dtype)) ** 2).mean()
+        loss.backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    ref64 = grads(torch.float64)
+    assert rel(grads(torch.float64, checkpoint_segments=2), ref64) < 1e-12
+    assert rel(grads(torch.float64, perturb=True, checkpoint_segments=2), ref64) > 1e-8      # negative control
+    ref32 = grads(torch.float32)
+    assert rel(grads(torch.float32, checkpoint_segments=3, checkpoint_storage="bfloat16"), ref32) < 3e-2
+    assert rel(grads(torch.float32, autocast=True, checkpoint_segments=3, checkpoint_storage="bfloat16"),
+               ref32) < 1e-1
