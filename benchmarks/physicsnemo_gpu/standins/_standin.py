@@ -1,6 +1,7 @@
 """A permissive stand-in module: every attribute is an inert object that can be called, subscripted, used as a
 decorator or base class. For packages PhysicsNeMo imports at import time but whose code MeshGraphNet never runs
 (warp-lang: a 149 MB wheel over the GPU machine's transfer limit; s3fs: remote files)."""
+import importlib.machinery
 import sys
 import types
 
@@ -58,7 +59,6 @@ class _Finder:
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        import importlib.machinery
         if fullname.split(".")[0] in cls.roots and "." in fullname:
             return importlib.machinery.ModuleSpec(fullname, cls)
         return None
