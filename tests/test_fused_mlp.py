@@ -42,6 +42,20 @@ def _close(a, b, scale):
     return (a - b).abs().max().item() <= 2e-5 * scale
 
 
+def _error(a, ref) -> float:
+    """Largest deviation of ``a`` from the float64 ``ref``, relative to ``ref``'s largest entry."""
+    return (a.double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-300)
+
+
+def _as_accurate(a, a_plain, ref) -> bool:
+    """The fused result is as close to float64 as the module-by-module one (within 2x, + 1e-5 of the largest
+    entry, ~100 float32 ulps: a 1000-row bias sum in fixed blocks measured 5.5e-6 against torch's 1.5e-6): the
+    two fp32 paths run different GEMM kernels (oneDNN vs the default) with other summation orders, and a
+    LayerNorm's backward amplifies that to ~1e-4 of the largest entry on some CPUs (AMD EPYC: both paths 1.2e-4
+    from float64 on the input gradient), so a tolerance between the two alone would test the CPU, not the code."""
+    return _error(a, ref) <= 2.0 * _error(a_plain, ref) + 1e-5
+
+
 @needs_onednn
 @pytest.mark.parametrize("hidden_layers,layer_norm,after_first",
                          [(2, True, False), (2, True, True), (2, False, False), (1, True, True), (3, False, True),
@@ -53,17 +67,18 @@ def test_fused_equals_module_by_module(plain, hidden_layers, layer_norm, after_f
     x = torch.randn(1000, width) * 2
     y, gx, gp, fn = _forward_backward(m, x, after_first)
     y0, gx0, gp0, fn0 = plain(lambda: _forward_backward(m, x, after_first))
+    y64, gx64, gp64, _ = _forward_backward(copy.deepcopy(m).double(), x.double(), after_first)   # plain path
     assert "_LinearChain" not in type(fn0).__name__
     if not layer_norm:   # the chain's own output: the fused path was taken
         assert "_LinearChain" in type(fn).__name__
-    assert _close(y, y0, y0.abs().max().item())
-    assert _close(gx, gx0, gx0.abs().max().item())
+    assert _as_accurate(y, y0, y64)
+    assert _as_accurate(gx, gx0, gx64)
     assert gp.keys() == gp0.keys()
     for name in gp0:
         if gp0[name] is None:       # the first Linear with after_first: not used, no gradient either way
             assert gp[name] is None
             continue
-        assert _close(gp[name], gp0[name], gp0[name].abs().max().item()), name
+        assert _as_accurate(gp[name], gp0[name], gp64[name]), name
     # negative control: a perturbed last Linear gives different gradients, so the comparison can fail
     m1 = copy.deepcopy(m)
     with torch.no_grad():
