@@ -23,9 +23,9 @@
 #   train_step40   bench_train_step.py at 40^3 (64,000 nodes), eager and torch.compile'd, fp32/tf32/bf16, ours vs PyG
 #   layernorm      benchmarks/bench_layernorm.py: nn.LayerNorm vs meshgnn's LayerNorm on (14M, F) latents
 #   profile_rollout  benchmarks/profile_cli.py around a 10-step rollout of CHECKPOINT_4x32 on box_tets(100)
-#   accuracy       benchmarks/bench_accuracy.py --device cuda: default, PhysicsNeMo and step-noise recipes on the
+#   accuracy       benchmarks/bench_accuracy.py --device cuda: default, PhysicsNeMo, update_agg, step noise on the
 #                  carried column and OpenFOAM datasets ($DEVCARRY/column.h5, openfoam.h5), ACC_BUDGET wall s each
-#                  (default auto: what GPU_SUITE_DEADLINE leaves), all 5 runs at once on the one card
+#                  (default auto: what GPU_SUITE_DEADLINE leaves), all 7 runs at once on the one card
 #   train_step40_pn  bench_train_step.py at 40^3 on the GPU, ours vs PhysicsNeMo 2.2.2 (fp32 and bf16)
 # PhysicsNeMo (stages accuracy, train_step40_pn): its wheel and the few dependencies the GPU image lacks are carried
 # in $DEVCARRY/whl and installed into $PNEMO_SITE; benchmarks/physicsnemo_gpu/python runs it there with stand-ins
@@ -135,7 +135,7 @@ fi
 if wanted accuracy; then
   cp "$DEVCARRY"/column.h5 "$DEVCARRY"/openfoam.h5 "$WORK"/ 2>/dev/null
   stage accuracy $((ACC_BUDGET + 150)) "$PY" benchmarks/bench_accuracy.py --device cuda --budget-wall-s "$ACC_BUDGET" \
-    --jobs 5 --configs default physicsnemo stepnoise_openfoam --work "$WORK/acc" --allocator system \
+    --jobs 7 --configs default physicsnemo update_agg stepnoise_openfoam --work "$WORK/acc" --allocator system \
     --data column="$WORK/column.h5" openfoam="$WORK/openfoam.h5" --plot-prefix "$OUT/accuracy_gpu_" \
     --physicsnemo-python "$HERE/benchmarks/physicsnemo_gpu/python"
   cp "$WORK"/acc/results.md "$OUT"/accuracy_results.md 2>/dev/null

@@ -246,8 +246,9 @@ def check_compatible(state: dict, trainer, path="checkpoint") -> None:
     """Resuming needs the same model/integrator configuration and dataset layout."""
     check_dataset(state, trainer.ds, path)
     have = trainer.sim.config()
-    for key in ("latent", "layers", "hidden_layers", "integrator", "history"):
-        if state["sim_config"].get(key, 0 if key == "history" else None) != have.get(key):
+    older = {"history": 0, "aggregate": "update"}     # what a checkpoint from before the key was written means
+    for key in ("latent", "layers", "hidden_layers", "integrator", "history", "aggregate"):
+        if state["sim_config"].get(key, older.get(key)) != have.get(key):
             raise InputError(path, key, f"checkpoint has {state['sim_config'].get(key)}, run asks for "
                                                 f"{have.get(key)}")
 

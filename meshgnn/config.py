@@ -237,6 +237,10 @@ class TrainConfig:
     latent: int = field(default=128, metadata={"help": "latent size H", "min": 1})
     layers: int = field(default=15, metadata={"help": "message-passing layers L", "min": 1})
     hidden_layers: int = field(default=2, metadata={"help": "hidden layers per MLP", "min": 1})
+    aggregate: str = field(default="state", metadata={
+        "help": "what a node sums over its incoming edges: state (the updated edge latents, as PhysicsNeMo's "
+                "MeshGraphNet; measured better, docs/training.md) or update (the edge MLP outputs, as the "
+                "MeshGraphNets paper)", "choices": ("state", "update")})
     integrator: str = field(default="euler", metadata={"help": "euler|heun|midpoint|heun3|ssprk3|rk4 or a tableau JSON"})
     history: int = field(default=0, metadata={"help": "previous state changes the model reads besides the state "
                                                   "(0: the state only, as MeshGraphNets); training and rollouts "

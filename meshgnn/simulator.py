@@ -131,19 +131,21 @@ class Simulator(nn.Module):
     def __init__(self, layout: FieldLayout, latent: int = 128, layers: int = 15, hidden_layers: int = 2,
                  integrator: str = "euler", concat_trick: bool = True, checkpoint_layers: bool = False,
                  checkpoint_stages: bool = False, freeze_after: int = 10_000, checkpoint_segments: int = 0,
-                 checkpoint_storage: str = "float32", memory_budget: str = "", history: int = 0):
+                 checkpoint_storage: str = "float32", memory_budget: str = "", history: int = 0,
+                 aggregate: str = "update"):
         super().__init__()
         self.layout = layout
         self.method = integrators.get_method(integrator)
         self.integrator = integrator
         self.checkpoint_stages = checkpoint_stages
         self._config = dict(latent=latent, layers=layers, hidden_layers=hidden_layers, integrator=integrator,
-                            concat_trick=concat_trick, freeze_after=freeze_after, history=history)
+                            concat_trick=concat_trick, freeze_after=freeze_after, history=history,
+                            aggregate=aggregate)
         self.history = int(history)
         node_in = layout.state_size * (1 + self.history) + layout.static_size + layout.num_node_types
         self.edge_size = edge_feature_size(layout.dim)
         self.model = MeshGraphNet(node_in, self.edge_size, layout.state_size, latent=latent, layers=layers,
-                                  hidden_layers=hidden_layers, concat_trick=concat_trick,
+                                  hidden_layers=hidden_layers, concat_trick=concat_trick, aggregate=aggregate,
                                   checkpoint_layers=checkpoint_layers, checkpoint_segments=checkpoint_segments,
                                   checkpoint_storage=checkpoint_storage, memory_budget=memory_budget,
                                   stages=self.method.stages)   # memory options: not in config() (no semantics)
@@ -172,6 +174,7 @@ class Simulator(nn.Module):
     @classmethod
     def from_config(cls, config: dict, **overrides) -> "Simulator":
         cfg = dict(config)
+        cfg.setdefault("aggregate", "update")        # checkpoints from before the choice existed
         layout = FieldLayout(**cfg.pop("layout"))
         cfg.update(overrides)
         return cls(layout, **cfg)

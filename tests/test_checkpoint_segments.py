@@ -39,10 +39,11 @@ def rel(a, b):
 
 @pytest.mark.parametrize("segments", [1, 2, 3, 5])
 @pytest.mark.parametrize("concat", [True, False])
-def test_segments_give_exact_gradients_fp64(segments, concat):
+@pytest.mark.parametrize("aggregate", ["update", "state"])
+def test_segments_give_exact_gradients_fp64(segments, concat, aggregate):
     graph = graph_of(5)
-    loss_ref, g_ref = grads(graph, concat=concat)
-    loss, g = grads(graph, concat=concat, checkpoint_segments=segments)
+    loss_ref, g_ref = grads(graph, concat=concat, aggregate=aggregate)
+    loss, g = grads(graph, concat=concat, checkpoint_segments=segments, aggregate=aggregate)
     assert loss == pytest.approx(loss_ref, rel=1e-13)
     assert rel(g, g_ref) < 1e-12
 

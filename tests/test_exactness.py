@@ -162,3 +162,15 @@ def test_step_scaled_noise_is_the_change_std_and_equal_under_patches(box_dataset
     assert np.allclose(whole.noise_std.numpy(), expected, rtol=1e-9)
     assert not torch.allclose(trainer(box_dataset).noise_std, whole.noise_std, rtol=1e-3)
     assert_same_training(whole, patched)
+
+
+@pytest.mark.parametrize("halo_mode", ["lhop", "per-layer"])
+def test_state_aggregation_is_exact_under_patches(box_dataset, tmp_path, halo_mode):
+    """``--aggregate state`` (nodes sum the updated edge latents, as PhysicsNeMo) keeps patches exact, L-hop and
+    per-layer; the same weights under the default aggregation give another loss (the option changes the model)."""
+    whole = trainer(box_dataset, aggregate="state")
+    store = make_store(box_dataset, tmp_path, halo=LAYERS if halo_mode == "lhop" else 1)
+    assert_same_training(whole, trainer(box_dataset, parts=store, aggregate="state", halo_mode=halo_mode))
+    update = trainer(box_dataset, aggregate="update")
+    update.sim.load_state_dict(whole.sim.state_dict())
+    assert abs(grads(update)[0] - grads(whole)[0]) > 1e-6 * abs(grads(whole)[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from meshgnn.graph import Graph, edges_from_cells
@@ -119,3 +120,39 @@ def test_narrow_layer_norm_equals_torch_layer_norm():
     assert y.dtype == torch.float32
     # same state dict as nn.LayerNorm (checkpoints keep loading)
     assert set(LayerNorm(8).state_dict()) == set(torch.nn.LayerNorm(8).state_dict())
+
+
+@pytest.mark.parametrize("aggregate", ["update", "state"])
+def test_aggregation_sums_what_it_says(aggregate):
+    """One block by hand: u = edge MLP([x_s, x_r, e]); nodes sum u ("update", DeepMind) or e + u ("state",
+    PhysicsNeMo) over their incoming edges; both return e + u as the new edge latents."""
+    from meshgnn.model.mgn import GraphNetBlock
+
+    _, graph = small_graph()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(graph.num_nodes, 16, generator=g, dtype=torch.float64)
+    e = torch.randn(graph.num_edges, 16, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    block = GraphNetBlock(16, 2, concat_trick=True, aggregate=aggregate).double()
+    with torch.no_grad():
+        u = block.edge_mlp(torch.cat([x[graph.senders], x[graph.receivers], e], dim=1))
+        summed = u if aggregate == "update" else e + u
+        agg = torch.zeros_like(x).index_add_(0, graph.receivers, summed)
+        want_x = x + block.node_mlp(torch.cat([x, agg], dim=1))
+        got_x, got_e = block(x, e, graph)
+    torch.testing.assert_close(got_e, e + u, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_x, want_x, rtol=1e-12, atol=1e-12)
+
+
+def test_checkpoints_without_the_aggregate_key_mean_update():
+    from meshgnn.simulator import FieldLayout, Simulator
+
+    layout = FieldLayout(state_fields=["a"], state_components=[1], static_fields=[], static_components=[],
+                         node_type_names=["interior", "wall"])
+    config = Simulator(layout, latent=8, layers=2, aggregate="state").config()
+    assert config["aggregate"] == "state"
+    assert {b.aggregate for b in Simulator.from_config(config).model.processor} == {"state"}
+    old = {k: v for k, v in config.items() if k != "aggregate"}
+    assert {b.aggregate for b in Simulator.from_config(old).model.processor} == {"update"}
+    with pytest.raises(ValueError, match="aggregate"):
+        Simulator(layout, latent=8, layers=2, aggregate="mean")

@@ -235,7 +235,8 @@ def test_checkpoint_incompatible_with_dataset(work, capsys, case, edit, named):
                  "--steps", "4", "--out", run, *CLI_SMALL], "checkpoint.pt", named)
 
 
-@pytest.mark.parametrize("flag,value", [("--layers", "3"), ("--integrator", "heun"), ("--latent", "32")])
+@pytest.mark.parametrize("flag,value", [("--layers", "3"), ("--integrator", "heun"), ("--latent", "32"),
+                                        ("--aggregate", "update")])
 def test_resume_with_other_model(work, capsys, flag, value):
     run = work["d"] / f"resume{flag}"
     run.mkdir(exist_ok=True)

@@ -94,7 +94,8 @@ def describe_checkpoint(path) -> str:
     cfg = tr["config"]
     lines = [f"checkpoint     {path}",
              f"model          MeshGraphNet {sc['layers']} layers x {sc['latent']} latent, "
-             f"{sc['hidden_layers']} hidden layers per MLP, {n_params:,} parameters",
+             f"{sc['hidden_layers']} hidden layers per MLP, nodes sum the edge "
+             f"{sc.get('aggregate', 'update')}s, {n_params:,} parameters",
              f"integrator     {sc['integrator']} (halo for exact patches: layers x stages)",
              f"history        {sc.get('history', 0)} previous state change(s) as input"
              f"{' (rollouts start at frame >= that)' if sc.get('history', 0) else ''}",

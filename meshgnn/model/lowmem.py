@@ -105,17 +105,19 @@ def _window(t, ch: Chunk):
 
 def _new_edges(block, x, e, chunks, with_agg: bool, out_dtype=None):
     """``e + edge_mlp(...)`` ``(E, H)`` chunk by chunk (in ``out_dtype``, default the sum's dtype), and the aggregate
-    ``(N, H)`` of the edge MLP outputs. ``e`` may be stored compactly: each chunk is read in ``x``'s dtype."""
+    ``(N, H)`` of the edge MLP outputs (``block.aggregate == "update"``) or of ``e + edge_mlp(...)`` (``"state"``).
+    ``e`` may be stored compactly: each chunk is read in ``x``'s dtype."""
     a, b = _projections(block, x)
     e_next, agg = None, None
     for ch in chunks:
         ec = e[ch.p0:ch.p1].to(x.dtype)
         ne = _edge_tail(block, _window(x, ch), _window(a, ch), _window(b, ch), ec, ch.graph)
+        piece = ec + ne
         if with_agg:
             if agg is None:
                 agg = ne.new_zeros((x.shape[0],) + tuple(ne.shape[1:]))
-            agg[ch.r0:ch.r1] = ops.segment_sum(ne, ch.graph.rowptr)[ch.r0 - ch.lo:ch.r1 - ch.lo]
-        piece = ec + ne
+            summed = ne if block.aggregate == "update" else piece
+            agg[ch.r0:ch.r1] = ops.segment_sum(summed, ch.graph.rowptr)[ch.r0 - ch.lo:ch.r1 - ch.lo]
         if e_next is None:
             e_next = piece.new_empty((e.shape[0],) + tuple(piece.shape[1:]), dtype=out_dtype or piece.dtype)
         e_next[ch.p0:ch.p1] = piece
@@ -156,7 +158,11 @@ def _block_backward(block, x_s, e_s, agg_s, gx, ge, chunks, dtype, own_ge: bool)
             g[ch.lo:ch.hi] += leaf.grad
         if ge_in is None:
             ge_in = torch.empty((e_s.shape[0],) + tuple(ec.grad.shape[1:]), dtype=ec.grad.dtype, device=ec.device)
-        if ge is None:
+        # the residual's identity path: e_{l+1} = e_l + ne carries ge; with "state" aggregation the aggregate sums
+        # e_l too, so it carries ge + g_agg[receivers] = g_ne
+        if block.aggregate == "state":
+            torch.add(g_ne.to(ec.grad.dtype), ec.grad, out=ge_in[p0:p1])
+        elif ge is None:
             ge_in[p0:p1] = ec.grad
         elif own_ge:
             ge_in[p0:p1] += ec.grad

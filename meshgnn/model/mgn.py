@@ -54,6 +54,9 @@ def _narrow_layer_norm(x, weight, bias, eps: float):
     return y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype)
 
 
+AGGREGATES = ("update", "state")
+
+
 def mlp(in_size: int, latent: int, out_size: int, hidden_layers: int = 2, layer_norm: bool = True) -> MLP:
     """``hidden_layers`` Linear+ReLU layers of width ``latent``, a Linear to ``out_size``, optional LayerNorm
     (an :class:`meshgnn.model.fused.MLP`: fused bias/ReLU on CPU in fp32)."""
@@ -75,12 +78,20 @@ class GraphNetBlock(nn.Module):
     ``(W_s x)[s] + (W_r x + c)[r] + W_e e``: the node projections run once per node, not once per edge, and the
     gather-add is one fused kernel (:func:`meshgnn.ops.gather_add`). Both paths use the same parameters, so a
     checkpoint works with either.
+
+    ``aggregate`` picks what each node sums over its incoming edges: ``"update"`` the edge MLP's outputs (the
+    paper and DeepMind's code), ``"state"`` the updated edge latents ``e + edge_mlp(...)`` (PhysicsNeMo's
+    MeshGraphNet: the residual is added in its edge block, before the node block aggregates). Same parameters;
+    docs/design.md "Aggregating the edge update or the edge state".
     """
 
-    def __init__(self, latent: int, hidden_layers: int = 2, concat_trick: bool = True):
+    def __init__(self, latent: int, hidden_layers: int = 2, concat_trick: bool = True, aggregate: str = "update"):
         super().__init__()
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         self.latent = latent
         self.concat_trick = concat_trick
+        self.aggregate = aggregate
         self.edge_mlp = mlp(3 * latent, latent, latent, hidden_layers)
         self.node_mlp = mlp(2 * latent, latent, latent, hidden_layers)
 
@@ -103,9 +114,10 @@ class GraphNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, graph: Graph):
         new_e = self._update_edges(x, e, graph)
-        agg = ops.segment_sum(new_e, graph.rowptr)
+        e_next = e + new_e
+        agg = ops.segment_sum(new_e if self.aggregate == "update" else e_next, graph.rowptr)
         new_x = self.node_mlp(torch.cat([x, agg], dim=-1))
-        return x + new_x, e + new_e
+        return x + new_x, e_next
 
 
 class MeshGraphNet(nn.Module):
@@ -114,7 +126,7 @@ class MeshGraphNet(nn.Module):
     Args:
         node_in: node input features; edge_in: edge input features; node_out: output features per node.
         latent: latent size H (paper: 128). layers: processor blocks L (paper: 15).
-        hidden_layers: hidden layers per MLP (paper: 2). concat_trick: see :class:`GraphNetBlock`.
+        hidden_layers: hidden layers per MLP (paper: 2). concat_trick, aggregate: see :class:`GraphNetBlock`.
         checkpoint_layers: recompute each block in backward (torch activation checkpointing) to save memory.
         checkpoint_segments: S > 0 runs the processor in training through :mod:`meshgnn.model.lowmem`: edge
             latents saved at the start of S segments of ceil(L/S) blocks, edge MLP backward in edge chunks
@@ -129,10 +141,10 @@ class MeshGraphNet(nn.Module):
     def __init__(self, node_in: int, edge_in: int, node_out: int, latent: int = 128, layers: int = 15,
                  hidden_layers: int = 2, concat_trick: bool = True, checkpoint_layers: bool = False,
                  checkpoint_segments: int = 0, checkpoint_storage: str = "float32", memory_budget="",
-                 stages: int = 1):
+                 stages: int = 1, aggregate: str = "update"):
         super().__init__()
         self.config = dict(node_in=node_in, edge_in=edge_in, node_out=node_out, latent=latent, layers=layers,
-                           hidden_layers=hidden_layers, concat_trick=concat_trick)
+                           hidden_layers=hidden_layers, concat_trick=concat_trick, aggregate=aggregate)
         if checkpoint_storage not in STORAGE:
             raise ValueError(f"checkpoint_storage must be one of {', '.join(STORAGE)}, got {checkpoint_storage!r}")
         self.checkpoint_layers = checkpoint_layers
@@ -148,7 +160,8 @@ class MeshGraphNet(nn.Module):
         self._announced: set = set()
         self.node_encoder = mlp(node_in, latent, latent, hidden_layers)
         self.edge_encoder = mlp(edge_in, latent, latent, hidden_layers)
-        self.processor = nn.ModuleList(GraphNetBlock(latent, hidden_layers, concat_trick) for _ in range(layers))
+        self.processor = nn.ModuleList(GraphNetBlock(latent, hidden_layers, concat_trick, aggregate)
+                                       for _ in range(layers))
         self.decoder = mlp(latent, latent, node_out, hidden_layers, layer_norm=False)
 
     @property
