@@ -244,13 +244,13 @@ def check_dataset(state: dict, ds, path="checkpoint") -> None:
 
 def check_compatible(state: dict, trainer, path="checkpoint") -> None:
     """Resuming needs the same model/integrator configuration and dataset layout."""
+    from .simulator import complete_config
+
     check_dataset(state, trainer.ds, path)
-    have = trainer.sim.config()
-    older = {"history": 0, "aggregate": "update"}     # what a checkpoint from before the key was written means
+    have, got = trainer.sim.config(), complete_config(state["sim_config"])
     for key in ("latent", "layers", "hidden_layers", "integrator", "history", "aggregate"):
-        if state["sim_config"].get(key, older.get(key)) != have.get(key):
-            raise InputError(path, key, f"checkpoint has {state['sim_config'].get(key)}, run asks for "
-                                                f"{have.get(key)}")
+        if got.get(key) != have.get(key):
+            raise InputError(path, key, f"checkpoint has {got.get(key)}, run asks for {have.get(key)}")
 
 
 def load_simulator(path, device="cpu", dtype=torch.float32):

@@ -125,6 +125,15 @@ class PatchTensors:
                    torch.cat([p.global_ids for p in patches]), -1, torch.cat([p.core_mask() for p in patches]))
 
 
+# what a checkpoint's sim_config means where it predates a key (the behaviour before the key existed)
+PRE_KEY_CONFIG = {"history": 0, "aggregate": "update"}
+
+
+def complete_config(config: dict) -> dict:
+    """A checkpoint's ``sim_config`` with :data:`PRE_KEY_CONFIG` filled in where it predates those keys."""
+    return {**PRE_KEY_CONFIG, **config}
+
+
 class Simulator(nn.Module):
     """MeshGraphNet + normalizers + integrator. ``config()`` rebuilds it (stored in checkpoints)."""
 
@@ -173,8 +182,7 @@ class Simulator(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> "Simulator":
-        cfg = dict(config)
-        cfg.setdefault("aggregate", "update")        # checkpoints from before the choice existed
+        cfg = complete_config(config)
         layout = FieldLayout(**cfg.pop("layout"))
         cfg.update(overrides)
         return cls(layout, **cfg)

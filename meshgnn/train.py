@@ -43,7 +43,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.layout = FieldLayout.from_dataset(self.ds)
         self.sim = Simulator(self.layout, latent=cfg.latent, layers=cfg.layers, hidden_layers=cfg.hidden_layers,
-                             integrator=cfg.integrator, aggregate=cfg.aggregate, checkpoint_layers=cfg.checkpoint_layers,
+                             integrator=cfg.integrator, aggregate=cfg.aggregate,
+                             checkpoint_layers=cfg.checkpoint_layers,
                              checkpoint_stages=cfg.checkpoint_stages, checkpoint_segments=cfg.checkpoint_segments,
                              checkpoint_storage=cfg.checkpoint_storage,
                              memory_budget=cfg.memory_budget, history=cfg.history,

@@ -88,17 +88,19 @@ def describe_checkpoint(path) -> str:
     from ..checkpoint import load
 
     state = load(path)
-    sc, tr = state["sim_config"], state["trainer"]
+    from ..simulator import complete_config
+
+    sc, tr = complete_config(state["sim_config"]), state["trainer"]
     lay = sc["layout"]
     n_params = sum(v.numel() for k, v in tr["simulator"].items() if k.startswith("model."))
     cfg = tr["config"]
     lines = [f"checkpoint     {path}",
              f"model          MeshGraphNet {sc['layers']} layers x {sc['latent']} latent, "
              f"{sc['hidden_layers']} hidden layers per MLP, nodes sum the edge "
-             f"{sc.get('aggregate', 'update')}s, {n_params:,} parameters",
+             f"{sc['aggregate']}s, {n_params:,} parameters",
              f"integrator     {sc['integrator']} (halo for exact patches: layers x stages)",
-             f"history        {sc.get('history', 0)} previous state change(s) as input"
-             f"{' (rollouts start at frame >= that)' if sc.get('history', 0) else ''}",
+             f"history        {sc['history']} previous state change(s) as input"
+             f"{' (rollouts start at frame >= that)' if sc['history'] else ''}",
              f"state fields   {', '.join(f'{n}({c})' for n, c in zip(lay['state_fields'], lay['state_components']))}",
              f"static fields  {', '.join(f'{n}({c})' for n, c in zip(lay['static_fields'], lay['static_components'])) or '-'}",
              f"node types     {', '.join(lay['node_type_names'])}; prescribed: {', '.join(lay['dirichlet_types']) or '-'}",
